@@ -1,0 +1,308 @@
+"""``ctrobust`` command line: argument parsing only; every command calls into the library.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad input (one-line error, no traceback; set
+``CTROBUST_DEBUG=1`` to see tracebacks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser", "DEMO"]
+
+# The offline default: the naturally trained ResNet-18 shipped with pyautoattack on the 20 CIFAR-10 test
+# images shipped with foolbox, a coarse beta grid, standard AutoAttack, CPU. Mirrored in configs/demo.yaml.
+DEMO = {
+    "model": "bundled/resnet18-cifar10", "dataset": "cifar10", "threat": "Linf", "eps": "8/255",
+    "betas": "0.7,0.8,0.9,0.95", "coeff": 0.5, "seeds": [0], "n_examples": 20, "subset": "first",
+    "data": "bundled", "attacks": "standard", "device": "cpu", "batch_size": 64, "chunk_size": 20,
+}
+
+SWEEP_EXAMPLES = """\
+examples:
+  # the paper's grid (beta 0.70..0.99 + baseline 1) for RobustBench's Standard WRN-28-10, 1000 balanced points
+  ctrobust sweep --model Standard --eps 8/255
+  # a quick look: 100 points, 4 betas, on the first GPU
+  ctrobust sweep --model Standard --eps 8/255 --n-examples 100 --subset first --betas 0.8,0.9,0.95 --device cuda:0
+  # the paper protocol from a file, overriding the output folder
+  ctrobust sweep --config configs/standard_linf.yaml --out runs/std_paper
+  # offline, with images shipped in packages and the exact pyautoattack path
+  ctrobust sweep --model bundled/resnet18-cifar10 --data bundled --n-examples 20 --subset first \\
+      --betas 0.9 --eps 1/255 --engine reference --device cpu
+  # interrupted? run the same command again: finished units are skipped
+"""
+
+MAIN_EXAMPLES = """\
+examples:
+  ctrobust demo                                   # offline: bundled model + images, a few minutes on CPU
+  ctrobust sweep --model Standard --eps 8/255     # the main job (needs the checkpoint or network)
+  ctrobust plot runs/demo runs/other --out figs   # overlay runs
+  ctrobust report runs/demo                       # oracle vs held-out beta, intervals, masking flags
+  ctrobust check runs/demo --against tests/golden/demo.json
+  ctrobust models --dataset cifar10 --threat Linf --coverage
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"ctrobust: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _sweep_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("experiment (these determine results)")
+    g.add_argument("--model", help="RobustBench name (e.g. Standard) or bundled/resnet18-cifar10 [Standard]")
+    g.add_argument("--dataset", help="cifar10 | cifar100 | imagenet [cifar10]")
+    g.add_argument("--threat", help="Linf | L2 [Linf]")
+    g.add_argument("--eps", help="budget in [0,1] pixel scale, e.g. 8/255 [8/255 for Linf, 0.5 for L2]")
+    g.add_argument("--betas", help="start:stop:step or a list, e.g. 0.70:0.99:0.01 or 0.9,0.95; "
+                                   "beta = 1 is always added [0.70:0.99:0.01]")
+    g.add_argument("--coeff", type=float, help="CT mixing coefficient c in [0, 1] [0.5]")
+    g.add_argument("--seeds", nargs="+", help="attack seed(s), e.g. 0 or 42 43 44 [0]")
+    g.add_argument("--n-examples", dest="n_examples", help="number of test examples, or all [1000]")
+    g.add_argument("--subset", help="balanced (n/classes per class, the paper's protocol) | first [balanced]")
+    g.add_argument("--data", help="full (dataset files) | bundled (images shipped in packages) [full]")
+    g.add_argument("--attacks", help="standard | rand | a list such as apgd-ce,apgd-t,fab-t,square [standard]")
+    g.add_argument("--engine", help="fast (ctrobust's early-exit, beta-batched AutoAttack) | reference "
+                                    "(pyautoattack as released) [fast]")
+    g.add_argument("--chunk-size", dest="chunk_size", help="examples per work unit [500]")
+    h = p.add_argument_group("where and how (never change results of the fast engine)")
+    h.add_argument("--data-dir", dest="data_dir", help="dataset folder [$CTROBUST_DATA_DIR or user cache]")
+    h.add_argument("--model-dir", dest="model_dir", help="RobustBench checkpoint folder "
+                                                         "[$CTROBUST_MODEL_DIR or user cache]")
+    h.add_argument("--batch-size", dest="batch_size", help="N | auto (largest that fits; backs off on OOM) [auto]")
+    h.add_argument("--device", help="auto | cuda | cuda:N | mps | cpu [auto = cuda > mps > cpu]")
+    h.add_argument("--out", help="run directory [runs/<model>_<dataset>_<threat>_<eps>]")
+    h.add_argument("--config", help="YAML file setting any option; the command line overrides it")
+    h.add_argument("--quiet", action="store_true", default=None, help="no progress bars or summaries")
+    e = p.add_argument_group("scale out")
+    e.add_argument("--executor", help="local (in-process) | gpus (one worker per GPU / --workers on CPU) | "
+                                      "slurm (submitit job array) [local]")
+    e.add_argument("--workers", type=int, help="worker processes for --executor gpus")
+    e.add_argument("--resume", action="store_true", help="continue a run dir: only missing units run "
+                                                         "(re-running the same command does the same)")
+    e.add_argument("--max-retries", dest="max_retries", type=int, help="re-queue a failed unit this often [2]")
+    e.add_argument("--slurm-partition", dest="slurm_partition")
+    e.add_argument("--slurm-time", dest="slurm_time", type=int, help="minutes per job [240]")
+    e.add_argument("--slurm-gpus-per-task", dest="slurm_gpus_per_task", type=int)
+    e.add_argument("--slurm-array-parallelism", dest="slurm_array_parallelism", type=int)
+    e.add_argument("--slurm-extra", dest="slurm_extra", action="append",
+                   help="extra sbatch parameter KEY=VALUE (repeatable)")
+
+
+_SWEEP_KEYS = ("model", "dataset", "threat", "eps", "betas", "coeff", "seeds", "n_examples", "subset", "data",
+               "attacks", "engine", "chunk_size", "data_dir", "model_dir", "batch_size", "device", "out",
+               "quiet", "executor", "workers", "max_retries", "slurm_partition", "slurm_time",
+               "slurm_gpus_per_task", "slurm_array_parallelism", "slurm_extra")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ctrobust", description="What does Curvature Tuning really do to adversarial robustness? "
+                "RobustBench models x CT beta grid x AutoAttack, with per-example results.",
+                epilog=MAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    s = sub.add_parser("sweep", help="clean and robust accuracy per CT beta (resumable)",
+                       epilog=SWEEP_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _sweep_options(s)
+
+    d = sub.add_parser("demo", help="offline demo: bundled ResNet-18 on 20 bundled CIFAR-10 images (CPU)",
+                       epilog="example:\n  ctrobust demo --out runs/demo && ctrobust report runs/demo\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--out", default="runs/demo", help="run directory [runs/demo]")
+    d.add_argument("--engine", help="fast | reference [fast]")
+    d.add_argument("--device", help="[cpu]")
+    d.add_argument("--quiet", action="store_true", default=None)
+
+    pl = sub.add_parser("plot", help="redraw figures from stored results; several runs overlay",
+                        epilog="example:\n  ctrobust plot runs/a runs/b --out figures\n",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    pl.add_argument("--out", help="output folder [<first RUN_DIR>/figures]")
+    pl.add_argument("--name", default="sweep", help="file stem [sweep]")
+
+    c = sub.add_parser("check", help="regression check of a run against a golden run or JSON (exit 1 on change)",
+                       epilog="examples:\n  ctrobust check runs/new --against runs/golden\n"
+                              "  ctrobust check runs/new --write-golden golden.json\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("run_dir", metavar="RUN_DIR")
+    c.add_argument("--against", metavar="GOLDEN_RUN_OR_JSON")
+    c.add_argument("--tolerance", type=float, default=0.0,
+                   help="allowed absolute change of an accuracy and fraction of changed examples [0]")
+    c.add_argument("--write-golden", dest="write_golden", metavar="JSON",
+                   help="write RUN_DIR's outcomes as a golden JSON file")
+
+    r = sub.add_parser("report", help="reproduction report: held-out beta, intervals, McNemar, masking",
+                       epilog="example:\n  ctrobust report runs/demo --format md > report.md\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    r.add_argument("--format", choices=("md", "json"), default="md")
+    r.add_argument("--select-on", dest="select_on", choices=("half", "same"), default="half",
+                   help="choose beta on a held-out half (default) or on the reported points (the paper)")
+    r.add_argument("--split-seed", dest="split_seed", type=int, default=0)
+    r.add_argument("--out", help="write the report to this file instead of stdout")
+
+    m = sub.add_parser("models", help="list RobustBench models for a dataset/threat (and CT coverage)",
+                       epilog="example:\n  ctrobust models --dataset cifar10 --threat Linf --coverage\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("--dataset", default="cifar10")
+    m.add_argument("--threat", default="Linf")
+    m.add_argument("--coverage", action="store_true",
+                   help="build each architecture without weights and count the ReLUs CT reaches")
+
+    st = sub.add_parser("status", help="done / running / pending / failed units of a run dir, ETA")
+    st.add_argument("run_dir", metavar="RUN_DIR")
+    return p
+
+
+def _bad_input_types() -> tuple:
+    from ctrobust._registry import UnknownNameError
+    from ctrobust.config import ConfigError
+    from ctrobust.ct import CTCoverageError
+
+    types = [ConfigError, UnknownNameError, CTCoverageError]
+    for mod, names in (("ctrobust.models", ("ModelUnavailableError",)),
+                       ("ctrobust.data", ("DataUnavailableError", "DatasetUnavailableError"))):
+        try:
+            m = __import__(mod, fromlist=list(names))
+        except ImportError:
+            continue
+        types += [getattr(m, n) for n in names if hasattr(m, n)]
+    return tuple(types)
+
+
+def _cmd_sweep(a) -> int:
+    from ctrobust.config import SweepConfig
+
+    given = {k: getattr(a, k, None) for k in _SWEEP_KEYS}
+    cfg = SweepConfig.from_cli(given, config_path=a.config)
+    return _run(cfg)
+
+
+def _run(cfg) -> int:
+    if cfg.executor == "local":
+        from ctrobust.sweep import run_sweep
+        res = run_sweep(cfg)
+    else:
+        from ctrobust.executors import run_distributed
+        res = run_distributed(cfg)
+    if not cfg.quiet:
+        print(f"results: {res.run_dir / 'results.csv'}\nfigure:  {res.run_dir / 'figures' / 'sweep.png'}")
+    return 0
+
+
+def _cmd_demo(a) -> int:
+    from ctrobust.config import SweepConfig
+
+    opts = dict(DEMO, out=a.out)
+    for k in ("engine", "device", "quiet"):
+        if getattr(a, k) is not None:
+            opts[k] = getattr(a, k)
+    return _run(SweepConfig.from_dict(opts, source="demo").validate())
+
+
+def _cmd_plot(a) -> int:
+    from ctrobust.plots import plot_runs
+
+    for p in plot_runs(a.run_dirs, out_dir=a.out, name=a.name):
+        print(p)
+    return 0
+
+
+def _cmd_check(a) -> int:
+    from ctrobust.check import check_run, write_golden
+
+    if a.write_golden:
+        write_golden(a.run_dir, a.write_golden)
+        print(f"wrote {a.write_golden}")
+        if not a.against:
+            return 0
+    if not a.against:
+        from ctrobust.config import ConfigError
+        raise ConfigError("check needs --against GOLDEN_RUN_OR_JSON (or --write-golden JSON)")
+    problems = check_run(a.run_dir, a.against, tolerance=a.tolerance)
+    if problems:
+        print(f"ctrobust check: {len(problems)} difference(s) beyond tolerance {a.tolerance:g}:")
+        for line in problems:
+            print("  " + line)
+        return 1
+    print(f"ctrobust check: {a.run_dir} matches {a.against} (tolerance {a.tolerance:g})")
+    return 0
+
+
+def _cmd_report(a) -> int:
+    from ctrobust.report import build_report
+
+    text = build_report(a.run_dirs, fmt=a.format, select_on=a.select_on, split_seed=a.split_seed)
+    if a.out:
+        from ctrobust.store import atomic_write_text
+        atomic_write_text(a.out, text if text.endswith("\n") else text + "\n")
+        print(a.out)
+    else:
+        print(text)
+    return 0
+
+
+def _cmd_models(a) -> int:
+    from ctrobust import models
+
+    if not a.coverage:
+        for name in models.list_models(a.dataset, a.threat):
+            print(name)
+        return 0
+    rows = models.coverage_table(a.dataset, a.threat)
+    print(f"{'model':<48} {'relu mod':>8} {'relu fn':>7} {'leaky':>5} {'missed':>6}  CT reaches  other activations")
+    for r in rows:
+        if r.get("error"):
+            print(f"{r['name']:<48} {'-':>8} {'-':>7} {'-':>5} {'-':>6}  {'?':<10}  ({r['error']})")
+            continue
+        unsup = r.get("unsupported") or {}
+        other = ", ".join(f"{k} x {v}" for k, v in unsup.items()) if isinstance(unsup, dict) else str(unsup)
+        print(f"{r['name']:<48} {r['relu_modules']:>8} {r['relu_functional']:>7} {r['leaky_relu']:>5} "
+              f"{r['missed']:>6}  {'yes' if r['reachable'] else 'NO':<10}  {other}")
+    return 0
+
+
+def _cmd_status(a) -> int:
+    from ctrobust.executors import run_status
+
+    print(run_status(a.run_dir))
+    return 0
+
+
+_COMMANDS = {"sweep": _cmd_sweep, "demo": _cmd_demo, "plot": _cmd_plot, "check": _cmd_check,
+             "report": _cmd_report, "models": _cmd_models, "status": _cmd_status}
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``ctrobust`` console script. Returns the exit code."""
+    parser = build_parser()
+    try:
+        a = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if not a.command:
+        parser.print_help()
+        return 2
+    debug = bool(os.environ.get("CTROBUST_DEBUG"))
+    try:
+        return _COMMANDS[a.command](a)
+    except KeyboardInterrupt:
+        print("ctrobust: interrupted; finished units are kept, re-run the command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI boundary: classify, print one line
+        if debug:
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, _bad_input_types()):
+            print(f"ctrobust: error: {msg}", file=sys.stderr)
+            return 2
+        print(f"ctrobust: failed: {type(exc).__name__}: {msg} (CTROBUST_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Figures from stored results only (``results.json`` / ``outcomes.npz`` of one or more run dirs).
+
+``plot_runs`` draws, per run: clean and robust accuracy against beta with 95 % Wilson intervals and the
+beta = 1 baseline marked (left), and which attack broke the examples at each beta (right; a point broken
+only by the gradient-free Square attack is a gradient-masking warning sign). Several runs overlay.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["plot_runs"]
+
+_ATTACK_COLORS = {"apgd-ce": "#4c72b0", "apgd-t": "#55a868", "fab-t": "#c44e52", "square": "#8172b2",
+                  "apgd-dlr": "#ccb974", "fab": "#64b5cd"}
+
+
+def _per_beta(rows: list[dict], key: str):
+    """Mean over seeds per beta of ``key`` and of its interval bounds."""
+    betas = sorted({r["beta"] for r in rows})
+    mean, lo, hi = [], [], []
+    for b in betas:
+        rs = [r for r in rows if r["beta"] == b]
+        mean.append(np.mean([r[f"{key}_acc"] for r in rs]))
+        lo.append(np.mean([r[f"{key}_lo"] for r in rs]))
+        hi.append(np.mean([r[f"{key}_hi"] for r in rs]))
+    return np.array(betas), np.array(mean), np.array(lo), np.array(hi)
+
+
+def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "pdf")) -> list[Path]:
+    """Draw the sweep figure for one or more run dirs.
+
+    Args:
+        run_dirs: run directories (each with ``results.json``).
+        out_dir: where to write; default ``<first run>/figures``.
+        name: file stem.
+        formats: file formats to write.
+
+    Returns:
+        The written file paths.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from ctrobust.store import load_results
+
+    run_dirs = [Path(r) for r in run_dirs]
+    runs = [(r, load_results(r)) for r in run_dirs]
+    out_dir = Path(out_dir) if out_dir else run_dirs[0] / "figures"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    fig, (ax, axb) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.35, 1]})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (rd, rows) in enumerate(runs):
+        if not rows:
+            continue
+        r0 = rows[0]
+        seeds = sorted({r["seed"] for r in rows})
+        label = f"{r0['model']} ({r0['dataset']}, {r0['threat']} eps={_eps_text(r0['eps'])})" if len(runs) > 1 \
+            else ""
+        c = colors[i % len(colors)]
+        for key, style, marker in (("clean", "--", "s"), ("robust", "-", "o")):
+            b, m, lo, hi = _per_beta(rows, key)
+            ax.plot(b, 100 * m, style, marker=marker, ms=3.5, color=c,
+                    label=f"{key} {label}".strip())
+            ax.fill_between(b, 100 * lo, 100 * hi, color=c, alpha=0.15 if key == "robust" else 0.07, lw=0)
+            base = m[b == 1.0]
+            if base.size:
+                ax.axhline(100 * base[0], color=c, lw=0.7, ls=":", alpha=0.8)
+        ax.plot([1.0], [100 * _per_beta(rows, "robust")[1][-1]], marker="*", ms=12, color=c, mec="k",
+                zorder=5, label="beta = 1 (original model)" if i == 0 else None)
+        if i == 0:
+            attacks = [k[len("broken_"):] for k in r0 if k.startswith("broken_")]
+            betas = sorted({r["beta"] for r in rows})
+            width = (min(np.diff(betas)) if len(betas) > 1 else 0.01) * 0.8
+            bottom = np.zeros(len(betas))
+            for a in attacks:
+                vals = np.array([np.mean([r[f"broken_{a}"] / r["n"] for r in rows if r["beta"] == bt])
+                                 for bt in betas]) * 100
+                axb.bar(betas, vals, width=width, bottom=bottom, label=a, color=_ATTACK_COLORS.get(a))
+                bottom += vals
+            axb.set_title(f"first attack to break each point{' (' + r0['model'] + ')' if len(runs) > 1 else ''}",
+                          fontsize=10)
+    first = runs[0][1][0] if runs[0][1] else {}
+    n = first.get("n", "?")
+    seeds_txt = ",".join(str(s) for s in sorted({r["seed"] for r in runs[0][1]}))
+    title = (f"Curvature Tuning: {first.get('model', '?')} on {first.get('dataset', '?')}, "
+             f"{first.get('threat', '?')} eps={_eps_text(first.get('eps', 0))}, "
+             f"{first.get('attacks', '')} AutoAttack ({first.get('engine', '')}), n={n}, seed(s) {seeds_txt}")
+    if len(runs) > 1:
+        title = "Curvature Tuning: clean and robust accuracy per beta"
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(r"CT $\beta$ (1 = original ReLU network)")
+    ax.set_ylabel("accuracy (%) with 95 % Wilson interval")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    axb.set_xlabel(r"CT $\beta$")
+    axb.set_ylabel("examples broken (%)")
+    axb.set_ylim(0, 102)
+    axb.grid(alpha=0.3, axis="y")
+    axb.legend(fontsize=7, loc="upper left", title="attack", title_fontsize=7)
+    fig.tight_layout()
+    paths = []
+    for fmt in formats:
+        p = out_dir / f"{name}.{fmt}"
+        tmp = p.with_name(f".{p.name}.tmp.{fmt}")
+        fig.savefig(tmp, dpi=150, format=fmt)
+        tmp.replace(p)  # atomic: an interrupted redraw never leaves half a figure
+        paths.append(p)
+    plt.close(fig)
+    return paths
+
+
+def _eps_text(eps: float) -> str:
+    k = float(eps) * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{float(eps):g}"
