@@ -174,10 +174,24 @@ def _bad_input_types() -> tuple:
 
 
 def _cmd_sweep(a) -> int:
-    from ctrobust.config import SweepConfig
+    from ctrobust.config import ConfigError, SweepConfig
 
     given = {k: getattr(a, k, None) for k in _SWEEP_KEYS}
-    cfg = SweepConfig.from_cli(given, config_path=a.config)
+    config_path = a.config
+    if a.resume:
+        # resume a run dir from its own config.yaml; options given now must agree with it
+        out = given.get("out") or (SweepConfig.from_cli(given, config_path=a.config).run_dir
+                                   if (a.config or given.get("model")) else None)
+        if out is None:
+            raise ConfigError("--resume needs --out RUN_DIR (or the options that name it)")
+        run_cfg = Path(out) / "config.yaml"
+        if not run_cfg.exists():
+            raise ConfigError(f"--resume: {out} has no config.yaml; nothing to resume")
+        if a.config:
+            raise ConfigError("--resume reads the run dir's own config.yaml; drop --config")
+        config_path = run_cfg
+        given["out"] = str(out)
+    cfg = SweepConfig.from_cli(given, config_path=config_path)
     return _run(cfg)
 
 
@@ -188,6 +202,7 @@ def _run(cfg) -> int:
     else:
         from ctrobust.executors import run_distributed
         res = run_distributed(cfg)
+    print(f"ran {res.units_run} unit(s), {res.units_skipped} already done")
     if not cfg.quiet:
         print(f"results: {res.run_dir / 'results.csv'}\nfigure:  {res.run_dir / 'figures' / 'sweep.png'}")
     return 0

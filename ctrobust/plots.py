@@ -53,7 +53,7 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
     out_dir = Path(out_dir) if out_dir else run_dirs[0] / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    fig, (ax, axb) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.35, 1]})
+    fig, (ax, axb) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [1.35, 1]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (rd, rows) in enumerate(runs):
         if not rows:
@@ -78,32 +78,38 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
             betas = sorted({r["beta"] for r in rows})
             width = (min(np.diff(betas)) if len(betas) > 1 else 0.01) * 0.8
             bottom = np.zeros(len(betas))
+            clean_err = np.array([np.mean([1 - r["clean_acc"] for r in rows if r["beta"] == bt])
+                                  for bt in betas]) * 100
+            axb.bar(betas, clean_err, width=width, bottom=bottom, label="misclassified clean", color="#bbbbbb")
+            bottom += clean_err
             for a in attacks:
                 vals = np.array([np.mean([r[f"broken_{a}"] / r["n"] for r in rows if r["beta"] == bt])
                                  for bt in betas]) * 100
                 axb.bar(betas, vals, width=width, bottom=bottom, label=a, color=_ATTACK_COLORS.get(a))
                 bottom += vals
-            axb.set_title(f"first attack to break each point{' (' + r0['model'] + ')' if len(runs) > 1 else ''}",
-                          fontsize=10)
+            axb.set_title(f"why points are not robust: first attack to break them"
+                          f"{' (' + r0['model'] + ')' if len(runs) > 1 else ''}", fontsize=9)
     first = runs[0][1][0] if runs[0][1] else {}
     n = first.get("n", "?")
     seeds_txt = ",".join(str(s) for s in sorted({r["seed"] for r in runs[0][1]}))
     title = (f"Curvature Tuning: {first.get('model', '?')} on {first.get('dataset', '?')}, "
-             f"{first.get('threat', '?')} eps={_eps_text(first.get('eps', 0))}, "
-             f"{first.get('attacks', '')} AutoAttack ({first.get('engine', '')}), n={n}, seed(s) {seeds_txt}")
+             f"{first.get('threat', '?')} eps={_eps_text(first.get('eps', 0))}\n"
+             f"{first.get('attacks', '')} AutoAttack ({first.get('engine', '')} engine), n={n} per beta, "
+             f"seed(s) {seeds_txt}, c={first.get('coeff', '?')}")
     if len(runs) > 1:
         title = "Curvature Tuning: clean and robust accuracy per beta"
-    ax.set_title(title, fontsize=9)
+    fig.suptitle(title, fontsize=10)
     ax.set_xlabel(r"CT $\beta$ (1 = original ReLU network)")
     ax.set_ylabel("accuracy (%) with 95 % Wilson interval")
     ax.set_ylim(-2, 102)
+    ax.set_title("clean (dashed) and robust (solid) accuracy", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     axb.set_xlabel(r"CT $\beta$")
-    axb.set_ylabel("examples broken (%)")
+    axb.set_ylabel("examples (%)")
     axb.set_ylim(0, 102)
     axb.grid(alpha=0.3, axis="y")
-    axb.legend(fontsize=7, loc="upper left", title="attack", title_fontsize=7)
+    axb.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="first broken by", title_fontsize=7)
     fig.tight_layout()
     paths = []
     for fmt in formats:

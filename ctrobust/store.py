@@ -77,7 +77,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -180,6 +180,19 @@ class RunDir:
         doc["_experiment"] = {**self.experiment, "key": self.key}
         atomic_write_text(cfg_file, yaml.safe_dump(doc, sort_keys=False))
 
+    def clean_stale_tmp(self) -> int:
+        """Remove temp files left by writers that died (their pid is gone); returns how many."""
+        n = 0
+        for p in list(self.path.glob(".*.tmp")) + list(self.units_dir.glob(".*.tmp")):
+            try:
+                pid = int(p.name.rsplit(".tmp", 1)[0].split(".")[-2])
+            except (ValueError, IndexError):
+                continue
+            if pid != os.getpid() and not _pid_alive(pid):
+                p.unlink(missing_ok=True)
+                n += 1
+        return n
+
     # -- units -----------------------------------------------------------------------------------
     def unit_key(self, beta: float, seed: int, chunk_ids) -> str:
         ids = np.asarray(chunk_ids, dtype=np.int64)
@@ -209,6 +222,16 @@ class RunDir:
         if meta.get("key") != key or meta.get("experiment") != self.key:
             return None
         return arrays, meta
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _read_all_units(run_dir: Path, experiment_key: str | None):

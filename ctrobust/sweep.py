@@ -93,12 +93,12 @@ def prepare(cfg: SweepConfig, device: torch.device | None = None) -> Prepared:
     device = device or resolve_device(cfg.device)
     # cheap pre-check of the determining settings before any loading (a mismatch touches nothing)
     RunDir(cfg.run_dir, cfg, data_hash=None).check(settings_only=True)
+    model = load_model(cfg.model, dataset=cfg.dataset, threat=cfg.threat, model_dir=cfg.model_dir,
+                       device=str(device))
     evalset = load_eval_set(cfg.dataset, cfg.n_examples, subset=cfg.subset, data=cfg.data,
                             data_dir=cfg.data_dir)
     run = RunDir(cfg.run_dir, cfg, evalset.content_hash)
     run.check()
-    model = load_model(cfg.model, dataset=cfg.dataset, threat=cfg.threat, model_dir=cfg.model_dir,
-                       device=str(device))
     x0 = evalset.x[:1].to(device)
     coverage = ct_coverage(model, x0)
     if coverage["relu_modules"] + coverage["relu_functional"] + coverage["leaky_relu"] == 0:
@@ -109,6 +109,7 @@ def prepare(cfg: SweepConfig, device: torch.device | None = None) -> Prepared:
                               "refusing to report CT results for a partially tuned network")
     ct_model = apply_ct(model, 1.0, cfg.coeff).eval()
     run.create()
+    run.clean_stale_tmp()
     return Prepared(cfg, run, evalset, model, ct_model, coverage, device)
 
 
@@ -140,8 +141,12 @@ def _engine_call(engine, prep: Prepared, pos: np.ndarray, betas: list[float], se
     return out, time.perf_counter() - t0
 
 
-def run_units(prep: Prepared, units: list[Unit], *, progress: bool = True, on_done=None) -> int:
-    """Run the given units (skipping finished ones) and write each atomically. Returns units run."""
+def run_units(prep: Prepared, units: list[Unit], *, progress: bool = True, on_done=None, bar=None) -> int:
+    """Run the given units (skipping finished ones) and write each atomically. Returns units run.
+
+    Callers that may run concurrently with other processes hold the work item's claim
+    (``executors.run_worker`` does); ``bar`` is an optional shared progress bar.
+    """
     from ctrobust import diagnostics
     from ctrobust.ct import set_beta
     from ctrobust.engines import get_engine
@@ -152,8 +157,8 @@ def run_units(prep: Prepared, units: list[Unit], *, progress: bool = True, on_do
     groups: dict[tuple, list[Unit]] = {}
     for u in todo:
         groups.setdefault(u.group, []).append(u)
-    bar = None
-    if progress and not cfg.quiet:
+    own_bar = bar is None and progress and not cfg.quiet
+    if own_bar:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(todo), desc="units", unit="unit", file=sys.stderr, dynamic_ncols=True)
     n_run = 0
@@ -204,7 +209,7 @@ def run_units(prep: Prepared, units: list[Unit], *, progress: bool = True, on_do
                         bar.update(1)
                     if on_done is not None:
                         on_done(beta, seed)
-    if bar is not None:
+    if own_bar:
         bar.close()
     return n_run
 
@@ -248,9 +253,21 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepResult:
             _log(cfg, f"beta={beta:<5g} seed={seed}: clean {kc / n:6.1%}  robust {kr / n:6.1%} "
                       f"[{lo:.1%}, {hi:.1%}]  (n={n})")
 
-    n_run = run_units(prep, units, progress=progress, on_done=on_done)
+    from ctrobust.executors import run_worker, write_plan
+
+    write_plan(prep, units)
+    bar = None
+    if progress and not cfg.quiet:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(units) - n_done_before, desc="units", unit="unit", file=sys.stderr,
+                   dynamic_ncols=True)
+    try:
+        n_run = run_worker(prep, units, bar=bar, on_done=on_done)
+    finally:
+        if bar is not None:
+            bar.close()
     rows = finalize(prep)
-    return SweepResult(prep.run.path, rows, n_run, len(units) - n_run)
+    return SweepResult(prep.run.path, rows, n_run, n_done_before)
 
 
 def finalize(prep: Prepared) -> list[dict]:

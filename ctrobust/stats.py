@@ -1,0 +1,367 @@
+"""Statistics for honest robustness reporting: intervals, paired tests, held-out beta selection.
+
+Everything here is pure Python + numpy (no scipy), deterministic, and works on per-example outcomes:
+one boolean per example (robust / not robust), paired across betas because every beta is evaluated on
+the same examples.
+
+- :func:`wilson_interval`: Wilson score interval for one proportion (Wilson 1927).
+- :func:`paired_diff_interval`: Newcombe's hybrid score interval for the difference of two *paired*
+  proportions (Newcombe 1998, method 10), e.g. robust accuracy at beta vs at beta = 1 on the same points.
+- :func:`mcnemar_exact`: exact (binomial) McNemar test on paired per-example booleans.
+- :func:`stratified_split`: seeded, class-stratified, row-order-independent split of example ids into a
+  selection half and a report half (for choosing beta on one half and reporting on the other).
+- :func:`select_beta`: argmax over a beta grid with a documented tie-break.
+- :func:`mean_std`: mean and standard deviation across seeds.
+- :func:`relative_gain`: ``(ct - base) / base`` as the Curvature Tuning paper computes it, with the
+  ``base == 0`` cases made explicit.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+from typing import Iterable, Mapping
+
+import numpy as np
+
+__all__ = [
+    "wilson_interval",
+    "paired_diff_interval",
+    "mcnemar_exact",
+    "stratified_split",
+    "select_beta",
+    "mean_std",
+    "relative_gain",
+    "z_value",
+    "TIE_BREAKS",
+]
+
+#: Tie-break rules understood by :func:`select_beta`.
+TIE_BREAKS = ("closest_to_one", "smallest")
+
+
+def z_value(conf: float = 0.95) -> float:
+    """Two-sided standard-normal quantile for a confidence level.
+
+    Args:
+        conf: confidence level in (0, 1), e.g. ``0.95``.
+
+    Returns:
+        ``z`` with ``P(|Z| <= z) = conf``; ``z_value(0.95) = 1.959964...``.
+    """
+    if not 0.0 < conf < 1.0:
+        raise ValueError(f"conf must be in (0, 1), got {conf!r}")
+    return NormalDist().inv_cdf(0.5 + conf / 2.0)
+
+
+def wilson_interval(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``k / n``.
+
+    ``center = (k + z^2/2) / (n + z^2)``, ``half = z / (n + z^2) * sqrt(k (n - k) / n + z^2 / 4)``,
+    interval ``(center - half, center + half)`` clipped to [0, 1]. Unlike the Wald interval it is never
+    degenerate at ``k = 0`` or ``k = n`` (``k = 0`` gives ``(0, z^2 / (n + z^2))``).
+
+    Args:
+        k: number of successes (e.g. robust examples), ``0 <= k <= n``.
+        n: number of trials (examples). ``n = 0`` returns ``(0.0, 1.0)``: no information.
+        conf: confidence level.
+
+    Returns:
+        ``(lo, hi)`` as fractions in [0, 1].
+
+    Example:
+        >>> lo, hi = wilson_interval(5, 10)
+        >>> round(lo, 4), round(hi, 4)
+        (0.2366, 0.7634)
+    """
+    k, n = int(k), int(n)
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    z = z_value(conf)
+    z2 = z * z
+    denom = n + z2
+    center = (k + z2 / 2.0) / denom
+    half = z / denom * math.sqrt(k * (n - k) / n + z2 / 4.0)
+    lo = 0.0 if k == 0 else max(0.0, center - half)
+    hi = 1.0 if k == n else min(1.0, center + half)
+    return lo, hi
+
+
+def _as_bool(flags, name: str) -> np.ndarray:
+    arr = np.asarray(flags)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.dtype != bool:
+        if not np.all(np.isin(arr, (0, 1))):
+            raise ValueError(f"{name} must hold booleans (or 0/1)")
+        arr = arr.astype(bool)
+    return arr
+
+
+def _paired_table(a_flags, b_flags) -> tuple[int, int, int, int]:
+    a = _as_bool(a_flags, "a_flags")
+    b = _as_bool(b_flags, "b_flags")
+    if a.shape != b.shape:
+        raise ValueError(f"paired flags must have equal length, got {a.shape[0]} and {b.shape[0]}")
+    both = int(np.sum(a & b))
+    a_only = int(np.sum(a & ~b))
+    b_only = int(np.sum(~a & b))
+    neither = int(np.sum(~a & ~b))
+    return both, a_only, b_only, neither
+
+
+def mcnemar_exact(a_flags, b_flags) -> dict:
+    """Exact McNemar test for paired per-example booleans.
+
+    Only discordant pairs carry information: ``b01`` = examples where ``a`` is False and ``b`` True,
+    ``b10`` = ``a`` True and ``b`` False. Under H0 (equal marginal proportions) ``b01 ~ Bin(b01 + b10,
+    1/2)``; the two-sided p-value is ``min(1, 2 * P(X <= min(b01, b10)))``, and 1 when there is no
+    discordant pair. Computed with exact integer binomial sums (``math.comb``).
+
+    Args:
+        a_flags: ``(N,)`` bool, e.g. robust at beta = 1.
+        b_flags: ``(N,)`` bool, e.g. robust at the CT beta, same examples in the same order.
+
+    Returns:
+        ``{"b01": int, "b10": int, "p_value": float}``.
+
+    Example:
+        >>> mcnemar_exact([False] * 6 + [True], [True] * 6 + [False])["p_value"]  # 2 * (1 + 7) / 2**7
+        0.125
+    """
+    _, a_only, b_only, _ = _paired_table(a_flags, b_flags)
+    b01, b10 = b_only, a_only
+    m = b01 + b10
+    if m == 0:
+        return {"b01": 0, "b10": 0, "p_value": 1.0}
+    k = min(b01, b10)
+    tail = sum(math.comb(m, i) for i in range(k + 1))
+    # int / int true division is exact up to the final rounding, with no overflow for large m
+    p = min(1.0, (2 * tail) / (2 ** m))
+    return {"b01": int(b01), "b10": int(b10), "p_value": float(p)}
+
+
+def paired_diff_interval(ct_flags, base_flags, conf: float = 0.95) -> tuple[float, float]:
+    """Newcombe's hybrid score interval for ``mean(ct_flags) - mean(base_flags)`` on paired data.
+
+    Newcombe (1998), "Improved confidence intervals for the difference between binomial proportions
+    based on paired data", Stat. Med. 17:2635-2650, method 10. With the 2x2 table ``a`` (both True),
+    ``b`` (ct only), ``c`` (base only), ``d`` (neither), ``p1 = (a + b)/n``, ``p2 = (a + c)/n``,
+    ``D = p1 - p2`` and Wilson intervals ``(l1, u1)``, ``(l2, u2)`` for ``p1`` and ``p2``::
+
+        lower = D - sqrt((p1 - l1)^2 - 2 phi (p1 - l1)(u2 - p2) + (u2 - p2)^2)
+        upper = D + sqrt((p2 - l2)^2 - 2 phi (p2 - l2)(u1 - p1) + (u1 - p1)^2)
+
+    where ``phi`` is the correlation of the paired flags with Newcombe's adjustment: with
+    ``B = a d - b c``, ``phi = (B - n/2) / sqrt((a+b)(c+d)(a+c)(b+d))`` if ``B > n/2``, ``B / sqrt(...)``
+    if ``B < 0``, else 0; ``phi = 0`` when a margin is 0. Chosen over a bootstrap because it is closed
+    form, deterministic, and keeps good coverage for proportions near 0 (near-zero robust accuracy is
+    the regime of the CT robustness claim).
+
+    Args:
+        ct_flags: ``(N,)`` bool, e.g. robust at the CT beta.
+        base_flags: ``(N,)`` bool, robust at beta = 1, same examples in the same order.
+        conf: confidence level.
+
+    Returns:
+        ``(lo, hi)`` for the difference of fractions, within [-1, 1]. ``N = 0`` gives ``(-1.0, 1.0)``.
+    """
+    a, b, c, d = _paired_table(ct_flags, base_flags)
+    n = a + b + c + d
+    if n == 0:
+        return -1.0, 1.0
+    p1, p2 = (a + b) / n, (a + c) / n
+    diff = p1 - p2
+    l1, u1 = wilson_interval(a + b, n, conf)
+    l2, u2 = wilson_interval(a + c, n, conf)
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    phi = 0.0
+    if margins > 0:
+        big_b = a * d - b * c
+        if big_b > n / 2.0:
+            adj = big_b - n / 2.0
+        elif big_b < 0:
+            adj = float(big_b)
+        else:
+            adj = 0.0
+        phi = adj / math.sqrt(margins)
+    lo_term = (p1 - l1) ** 2 - 2.0 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2
+    hi_term = (p2 - l2) ** 2 - 2.0 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2
+    lo = diff - math.sqrt(max(lo_term, 0.0))
+    hi = diff + math.sqrt(max(hi_term, 0.0))
+    return max(-1.0, lo), min(1.0, hi)
+
+
+# --------------------------------------------------------------------------------------------------
+# seeded, order-independent hashing (splitmix64) used by the split
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """Vectorised splitmix64 finaliser on uint64 (wrap-around arithmetic)."""
+    x = np.asarray(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return z
+
+
+def _keyed_hash(values: np.ndarray, seed: int, salt: int) -> np.ndarray:
+    """Deterministic 64-bit hash of int64 ``values`` keyed by ``(seed, salt)``; platform independent."""
+    v = np.asarray(values, dtype=np.int64).view(np.uint64)
+    key = _splitmix64(np.array([(int(seed) * 0x100000001B3 + int(salt)) & 0xFFFFFFFFFFFFFFFF],
+                               dtype=np.uint64))[0]
+    with np.errstate(over="ignore"):
+        return _splitmix64(_splitmix64(v ^ key) + key)
+
+
+def stratified_split(ids, labels, seed: int, frac: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded class-stratified split of examples into a *selection* part and a *report* part.
+
+    Use it to choose beta on the selection part and report accuracy on the disjoint report part, so the
+    reported number is not the maximum of many noisy estimates on the same points.
+
+    Properties:
+        - deterministic: depends only on the set of ``(id, label)`` pairs and ``seed`` — not on row order,
+          not on numpy's RNG (a keyed splitmix64 hash of each id orders each class);
+        - rows with the same id (the same example at several betas / seeds) land on the same side;
+        - disjoint and covering: ``select_mask ^ report_mask`` is all True;
+        - stratified: in each class, ``floor(frac * n_c)`` or ``ceil(frac * n_c)`` examples are selected,
+          so with ``frac = 0.5`` the two parts differ by at most 1 per class. Classes whose share is
+          fractional get the extra example by largest remainder (ties ordered by a keyed hash of the
+          label) so that the total selected is ``round(frac * N)``.
+
+    Args:
+        ids: ``(M,)`` int example ids (may repeat; an id must always carry the same label).
+        labels: ``(M,)`` int class labels.
+        seed: split seed (independent of attack seeds).
+        frac: fraction of examples in the selection part, in (0, 1).
+
+    Returns:
+        ``(select_mask, report_mask)``: ``(M,)`` bool arrays over the input rows.
+
+    Example:
+        >>> sel, rep = stratified_split([0, 1, 2, 3], [0, 0, 1, 1], seed=0)
+        >>> int(sel.sum()), int(rep.sum()), bool((sel ^ rep).all())
+        (2, 2, True)
+    """
+    ids = np.asarray(ids).astype(np.int64, copy=False).reshape(-1)
+    labels = np.asarray(labels).astype(np.int64, copy=False).reshape(-1)
+    if ids.shape != labels.shape:
+        raise ValueError(f"ids and labels must have equal length, got {ids.shape[0]} and {labels.shape[0]}")
+    if not 0.0 < frac < 1.0:
+        raise ValueError(f"frac must be in (0, 1), got {frac!r}")
+    if ids.size == 0:
+        return np.zeros(0, bool), np.zeros(0, bool)
+    pairs = np.unique(np.stack([ids, labels], axis=1), axis=0)
+    uniq_ids, counts = np.unique(pairs[:, 0], return_counts=True)
+    if np.any(counts > 1):
+        bad = uniq_ids[counts > 1][:5].tolist()
+        raise ValueError(f"ids with more than one label (e.g. {bad}): ids must identify examples")
+    u_ids, u_labels = pairs[:, 0], pairs[:, 1]
+    classes, n_c = np.unique(u_labels, return_counts=True)
+    # how many to select per class: floor + largest remainder to hit round(frac * N)
+    exact = frac * n_c
+    k_c = np.floor(exact).astype(np.int64)
+    target = int(math.floor(frac * u_ids.size + 0.5))
+    extra = target - int(k_c.sum())
+    if extra > 0:
+        rem = exact - k_c
+        tie = _keyed_hash(classes, seed, salt=1)
+        order = np.lexsort((tie, -rem))  # largest remainder first, then keyed hash
+        eligible = order[rem[order] > 0][:extra]
+        k_c[eligible] += 1
+    selected_ids = []
+    id_hash = _keyed_hash(u_ids, seed, salt=0)
+    for cls, k in zip(classes, k_c):
+        in_cls = np.flatnonzero(u_labels == cls)
+        order = np.lexsort((u_ids[in_cls], id_hash[in_cls]))  # hash first, id breaks (impossible) ties
+        selected_ids.append(u_ids[in_cls[order[:k]]])
+    selected = np.concatenate(selected_ids) if selected_ids else np.zeros(0, np.int64)
+    select_mask = np.isin(ids, selected)
+    return select_mask, ~select_mask
+
+
+def select_beta(acc_by_beta: Mapping[float, float], tie_break: str = "closest_to_one",
+                atol: float = 1e-12) -> float:
+    """Pick the beta with the highest accuracy.
+
+    Ties (accuracies within ``atol``; accuracies are counts / n so real ties are exact) are broken by
+    ``tie_break``:
+
+    - ``"closest_to_one"`` (default): the beta closest to 1, i.e. the *least* modification of the
+      network (beta = 1 is the unmodified ReLU network). A beta that only ties the base model is not
+      credited with a gain. Remaining ties (equal distance) go to the larger beta.
+    - ``"smallest"``: the smallest beta, which is what the CT reference code does (ascending grid, strict
+      ``>`` update).
+
+    NaN accuracies are ignored.
+
+    Args:
+        acc_by_beta: ``{beta: accuracy}``.
+        tie_break: one of :data:`TIE_BREAKS`.
+        atol: absolute tolerance for a tie.
+
+    Returns:
+        The chosen beta (a key of ``acc_by_beta``).
+
+    Example:
+        >>> select_beta({0.8: 0.5, 0.95: 0.5, 1.0: 0.4})
+        0.95
+    """
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"unknown tie_break {tie_break!r}; known: {', '.join(TIE_BREAKS)}")
+    items = [(float(b), float(a)) for b, a in acc_by_beta.items() if not math.isnan(float(a))]
+    if not items:
+        raise ValueError("select_beta needs at least one beta with a finite accuracy")
+    best = max(a for _, a in items)
+    tied = [b for b, a in items if a >= best - atol]
+    if tie_break == "smallest":
+        return min(tied)
+    return min(tied, key=lambda b: (abs(1.0 - b), -b))
+
+
+def mean_std(values: Iterable[float], ddof: int = 0) -> tuple[float, float]:
+    """Mean and standard deviation across seeds.
+
+    ``ddof = 0`` (population std) by default, as ``np.std`` in the CT reference code, so our "mean +- std"
+    is comparable with the paper's.
+
+    Args:
+        values: one value per seed.
+        ddof: delta degrees of freedom (``1`` for the sample std).
+
+    Returns:
+        ``(mean, std)``; ``(nan, nan)`` for no values, std ``0.0`` for a single value.
+    """
+    arr = np.asarray(list(values), dtype=np.float64)
+    if arr.size == 0:
+        return float("nan"), float("nan")
+    if arr.size - ddof <= 0:
+        return float(arr.mean()), 0.0
+    with np.errstate(invalid="ignore"):
+        return float(arr.mean()), float(arr.std(ddof=ddof))
+
+
+def relative_gain(ct: float, base: float) -> float:
+    """Relative gain ``(ct - base) / base`` as the CT paper computes it (multiply by 100 for percent).
+
+    Args:
+        ct: accuracy with CT.
+        base: accuracy of the unmodified model (beta = 1).
+
+    Returns:
+        The ratio; ``+inf`` when ``base == 0 < ct`` and ``nan`` (undefined, 0/0) when
+        ``base == ct == 0`` — near-zero baselines make this number explode, which is why the report puts
+        the absolute gain with its interval next to it.
+    """
+    ct, base = float(ct), float(base)
+    if base == 0.0:
+        if ct == 0.0:
+            return float("nan")
+        return math.copysign(float("inf"), ct)
+    return (ct - base) / base

@@ -1,0 +1,229 @@
+"""Tests for ctrobust.stats: expected values are derived by hand from the closed forms in the comments."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ctrobust import stats
+
+# z for 95 %: the 0.975 standard-normal quantile, 1.959963984540054; z^2 = 3.841458820694124.
+Z = 1.959963984540054
+Z2 = Z * Z
+
+
+# ---------------------------------------------------------------------------------------------- Wilson
+def test_z_value_95():
+    assert stats.z_value(0.95) == pytest.approx(Z, abs=1e-12)
+
+
+@pytest.mark.parametrize("k, n, lo, hi", [
+    # k = 0: center - half = 0 exactly, hi = z^2 / (n + z^2) = 3.841459 / 13.841459 = 0.277533
+    (0, 10, 0.0, 0.2775327999),
+    # k = n: lo = n / (n + z^2) = 10 / 13.841459 = 0.722467, hi = 1
+    (10, 10, 0.7224672001, 1.0),
+    # k = 5, n = 10: center = (5 + z^2/2) / (n + z^2) = 0.5;
+    # half = z / 13.841459 * sqrt(5 * 5 / 10 + z^2 / 4) = 0.141600 * sqrt(3.460365) = 0.263407
+    (5, 10, 0.2365930905, 0.7634069095),
+    # k = 1, n = 4: center = (1 + 1.9207294) / 7.8414588 = 0.3724727;
+    # half = 1.9599640 / 7.8414588 * sqrt(1 * 3 / 4 + 0.9603647) = 0.2499483 * 1.3078091 = 0.3268855
+    (1, 4, 0.0455872, 0.6993582),
+])
+def test_wilson_closed_form(k, n, lo, hi):
+    got = stats.wilson_interval(k, n)
+    assert got[0] == pytest.approx(lo, abs=1e-6)
+    assert got[1] == pytest.approx(hi, abs=1e-6)
+
+
+def test_wilson_matches_formula_at_other_conf():
+    # 90 %: z = 1.6448536; k = 3, n = 20 -> center = (3 + z^2/2) / (20 + z^2), half from the closed form
+    z = 1.6448536269514722
+    center = (3 + z * z / 2) / (20 + z * z)
+    half = z / (20 + z * z) * math.sqrt(3 * 17 / 20 + z * z / 4)
+    lo, hi = stats.wilson_interval(3, 20, conf=0.90)
+    assert (lo, hi) == pytest.approx((center - half, center + half), abs=1e-12)
+    assert lo < 3 / 20 < hi
+
+
+def test_wilson_n0_and_bad_input():
+    assert stats.wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        stats.wilson_interval(3, 2)
+    with pytest.raises(ValueError):
+        stats.wilson_interval(-1, 2)
+    with pytest.raises(ValueError):
+        stats.wilson_interval(1, 2, conf=1.5)
+
+
+# --------------------------------------------------------------------------------------------- McNemar
+def _pairs(b01: int, b10: int, both: int = 3, neither: int = 4):
+    """a/b flags with exactly b01 (a False, b True) and b10 (a True, b False) discordant pairs."""
+    a = [False] * b01 + [True] * b10 + [True] * both + [False] * neither
+    b = [True] * b01 + [False] * b10 + [True] * both + [False] * neither
+    return np.array(a), np.array(b)
+
+
+@pytest.mark.parametrize("b01, b10, p", [
+    # m = 7, k = 1: 2 * (C(7,0) + C(7,1)) / 2^7 = 2 * 8 / 128
+    (6, 1, 0.125),
+    # m = 5, k = 0: 2 * 1 / 32
+    (0, 5, 0.0625),
+    # m = 13, k = 3: 2 * (1 + 13 + 78 + 286) / 8192 = 756 / 8192
+    (3, 10, 756 / 8192),
+    # m = 4, k = 2: 2 * (1 + 4 + 6) / 16 = 1.375 -> capped at 1
+    (2, 2, 1.0),
+    # no discordant pair
+    (0, 0, 1.0),
+])
+def test_mcnemar_exact_hand_sums(b01, b10, p):
+    a, b = _pairs(b01, b10)
+    res = stats.mcnemar_exact(a, b)
+    assert res["b01"] == b01 and res["b10"] == b10
+    assert res["p_value"] == pytest.approx(p, rel=1e-12)
+    swapped = stats.mcnemar_exact(b, a)  # two-sided: symmetric
+    assert (swapped["b01"], swapped["b10"]) == (b10, b01)
+    assert swapped["p_value"] == pytest.approx(p, rel=1e-12)
+
+
+def test_mcnemar_large_counts_do_not_overflow():
+    # m = 2000 discordant pairs, all one way: p = 2 / 2^2000 underflows to 0.0, must not raise
+    a, b = _pairs(2000, 0)
+    assert stats.mcnemar_exact(a, b)["p_value"] == 0.0
+    a, b = _pairs(1000, 1000)
+    assert stats.mcnemar_exact(a, b)["p_value"] == 1.0
+
+
+def test_mcnemar_length_mismatch():
+    with pytest.raises(ValueError):
+        stats.mcnemar_exact([True, False], [True])
+
+
+# ---------------------------------------------------------------------------- paired difference interval
+def test_paired_interval_no_discordant_pairs():
+    # a = 5 both robust, d = 5 neither, n = 10: p1 = p2 = 0.5, D = 0.
+    # B = a*d - b*c = 25 > n/2 = 5 -> phi = (25 - 5) / sqrt(5*5*5*5) = 0.8.
+    # Wilson(5, 10): p - l = u - p = x = 0.2634069; lower = -sqrt(x^2 - 2*0.8*x^2 + x^2) = -x*sqrt(0.4)
+    x = 0.7634069095 - 0.5
+    flags = np.array([True] * 5 + [False] * 5)
+    lo, hi = stats.paired_diff_interval(flags, flags)
+    assert lo == pytest.approx(-x * math.sqrt(0.4), abs=1e-6)
+    assert hi == pytest.approx(x * math.sqrt(0.4), abs=1e-6)
+
+
+def test_paired_interval_one_sided_table():
+    # ct robust on 4 points, base on none, n = 4 (a=0, b=4, c=0, d=0): p1 = 1, p2 = 0, D = 1.
+    # Margins (a+b)(c+d)(a+c)(b+d) = 4*0*0*4 = 0 -> phi = 0. Wilson(4, 4) = (4/(4+z^2), 1),
+    # Wilson(0, 4) = (0, z^2/(4+z^2)); lower = 1 - sqrt((1 - 4/(4+z^2))^2 + (z^2/(4+z^2))^2)
+    #   = 1 - sqrt(2) * z^2/(4+z^2) = 1 - 1.41421 * 0.489890 = 0.307190; upper = 1 + 0 = 1.
+    ct = np.array([True] * 4)
+    base = np.array([False] * 4)
+    lo, hi = stats.paired_diff_interval(ct, base)
+    assert lo == pytest.approx(1 - math.sqrt(2) * Z2 / (4 + Z2), abs=1e-9)
+    assert hi == pytest.approx(1.0)
+
+
+def test_paired_interval_contains_estimate_and_is_antisymmetric():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a = rng.random(50) < 0.3
+        b = rng.random(50) < 0.5
+        lo, hi = stats.paired_diff_interval(a, b)
+        assert -1 <= lo <= a.mean() - b.mean() <= hi <= 1
+        lo2, hi2 = stats.paired_diff_interval(b, a)
+        assert (lo2, hi2) == pytest.approx((-hi, -lo), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------ stratified split
+def _class_counts(mask, ids, labels):
+    u = {}
+    for i, l, m in zip(ids, labels, mask):
+        u[(int(i), int(l))] = bool(m)
+    out = {}
+    for (_, l), m in u.items():
+        s, r = out.get(l, (0, 0))
+        out[l] = (s + m, r + (not m))
+    return out
+
+
+def test_split_disjoint_covering_balanced():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 7, size=301)  # uneven, some odd class sizes
+    ids = rng.permutation(10_000)[:301]
+    sel, rep = stats.stratified_split(ids, labels, seed=3)
+    assert not np.any(sel & rep) and np.all(sel | rep)
+    for cls, (s, r) in _class_counts(sel, ids, labels).items():
+        assert abs(s - r) <= 1, cls
+    # total selected: round(0.5 * 301) = 151
+    assert sel.sum() == 151
+
+
+def test_split_deterministic_and_row_order_independent():
+    ids = np.arange(100) * 7 + 3
+    labels = np.arange(100) % 10
+    sel1, _ = stats.stratified_split(ids, labels, seed=5)
+    sel2, _ = stats.stratified_split(ids.copy(), labels.copy(), seed=5)
+    assert np.array_equal(sel1, sel2)
+    perm = np.random.default_rng(2).permutation(100)
+    sel3, _ = stats.stratified_split(ids[perm], labels[perm], seed=5)
+    assert np.array_equal(sel3, sel1[perm])
+    # a different split seed gives a different split (same class balance)
+    sel4, _ = stats.stratified_split(ids, labels, seed=6)
+    assert not np.array_equal(sel4, sel1)
+    assert sel4.sum() == sel1.sum() == 50
+
+
+def test_split_repeated_ids_same_side():
+    # the same examples at three betas: every row of an id on the same side, split as for unique ids
+    ids = np.tile(np.arange(20), 3)
+    labels = np.tile(np.arange(20) % 2, 3)
+    sel, rep = stats.stratified_split(ids, labels, seed=0)
+    sel_u, _ = stats.stratified_split(np.arange(20), np.arange(20) % 2, seed=0)
+    assert np.array_equal(sel, np.tile(sel_u, 3))
+    assert sel_u.sum() == 10
+
+
+def test_split_other_fraction_and_errors():
+    ids = np.arange(40)
+    labels = np.repeat([0, 1, 2, 3], 10)
+    sel, _ = stats.stratified_split(ids, labels, seed=0, frac=0.25)
+    # 0.25 * 10 = 2.5 per class -> 2 or 3 each, total round(0.25 * 40) = 10
+    counts = _class_counts(sel, ids, labels)
+    assert all(s in (2, 3) for s, _ in counts.values())
+    assert sel.sum() == 10
+    with pytest.raises(ValueError):
+        stats.stratified_split([1, 1], [0, 1], seed=0)  # one id, two labels
+    with pytest.raises(ValueError):
+        stats.stratified_split([1, 2], [0, 1], seed=0, frac=1.0)
+
+
+# ------------------------------------------------------------------------------------------- selection
+def test_select_beta_argmax_and_ties():
+    assert stats.select_beta({0.7: 0.1, 0.8: 0.3, 1.0: 0.2}) == 0.8
+    # tie between 0.8 and 0.95: the one closest to 1 (least modification)
+    assert stats.select_beta({0.8: 0.5, 0.95: 0.5, 1.0: 0.4}) == 0.95
+    # a beta that only ties the base model is not credited: beta = 1 wins
+    assert stats.select_beta({0.9: 0.5, 1.0: 0.5}) == 1.0
+    # the CT reference code's rule (ascending grid, strict >) keeps the smallest tied beta
+    assert stats.select_beta({0.9: 0.5, 1.0: 0.5}, tie_break="smallest") == 0.9
+    # NaN accuracies are ignored
+    assert stats.select_beta({0.9: float("nan"), 1.0: 0.1}) == 1.0
+    with pytest.raises(ValueError):
+        stats.select_beta({0.9: 0.5}, tie_break="largest")
+    with pytest.raises(ValueError):
+        stats.select_beta({})
+
+
+def test_mean_std_and_relative_gain():
+    # mean of 1, 2, 3 is 2; population std = sqrt(((1-2)^2 + 0 + (3-2)^2) / 3) = sqrt(2/3)
+    assert stats.mean_std([1, 2, 3]) == pytest.approx((2.0, math.sqrt(2 / 3)))
+    # sample std = sqrt(2 / 2) = 1
+    assert stats.mean_std([1, 2, 3], ddof=1) == pytest.approx((2.0, 1.0))
+    assert stats.mean_std([4.0]) == (4.0, 0.0)
+    m, s = stats.mean_std([])
+    assert math.isnan(m) and math.isnan(s)
+    # (0.3 - 0.1) / 0.1 = 2
+    assert stats.relative_gain(0.3, 0.1) == pytest.approx(2.0)
+    assert stats.relative_gain(0.1, 0.0) == math.inf
+    assert math.isnan(stats.relative_gain(0.0, 0.0))
