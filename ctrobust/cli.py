@@ -11,15 +11,12 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "DEMO"]
+__all__ = ["main", "build_parser", "DEMO_CONFIG"]
 
-# The offline default: the naturally trained ResNet-18 shipped with pyautoattack on the 20 CIFAR-10 test
-# images shipped with foolbox, a coarse beta grid, standard AutoAttack, CPU. Mirrored in configs/demo.yaml.
-DEMO = {
-    "model": "bundled/resnet18-cifar10", "dataset": "cifar10", "threat": "Linf", "eps": "8/255",
-    "betas": "0.7,0.8,0.9,0.95", "coeff": 0.5, "seeds": [0], "n_examples": 20, "subset": "first",
-    "data": "bundled", "attacks": "standard", "device": "cpu", "batch_size": 64, "chunk_size": 20,
-}
+# The offline default (configs/demo.yaml, shipped as package data): the naturally trained ResNet-18 shipped
+# with pyautoattack on the 20 CIFAR-10 test images shipped with foolbox, a coarse beta grid, standard
+# AutoAttack, CPU.
+DEMO_CONFIG = Path(__file__).resolve().parent / "resources" / "demo.yaml"
 
 SWEEP_EXAMPLES = """\
 examples:
@@ -211,11 +208,8 @@ def _run(cfg) -> int:
 def _cmd_demo(a) -> int:
     from ctrobust.config import SweepConfig
 
-    opts = dict(DEMO, out=a.out)
-    for k in ("engine", "device", "quiet"):
-        if getattr(a, k) is not None:
-            opts[k] = getattr(a, k)
-    return _run(SweepConfig.from_dict(opts, source="demo").validate())
+    opts = {"out": a.out, **{k: getattr(a, k) for k in ("engine", "device", "quiet")}}
+    return _run(SweepConfig.from_yaml(DEMO_CONFIG, **opts))
 
 
 def _cmd_plot(a) -> int:

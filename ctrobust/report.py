@@ -648,11 +648,11 @@ def aggregate_runs(summaries: Sequence[dict], conf: float = 0.95) -> list[dict]:
 # ==================================================================================================
 # paper claims
 def default_claims_path() -> Path:
-    """``$CTROBUST_CLAIMS`` if set, else ``configs/paper_claims.yaml`` next to the package (source tree)."""
+    """``$CTROBUST_CLAIMS`` if set, else the packaged copy of ``configs/paper_claims.yaml``."""
     env = os.environ.get("CTROBUST_CLAIMS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "configs" / "paper_claims.yaml"
+    return Path(__file__).resolve().parent / "resources" / "paper_claims.yaml"
 
 
 def load_claims(path=None) -> list[dict]:
