@@ -4,7 +4,13 @@ Pipeline: config -> model + data -> CT (``ctrobust.ct``) -> attack engine (``ctr
 -> result store (``ctrobust.store``) -> figures and reports.
 """
 
-from ctrobust import _compat
+import warnings
+
+# robustbench's model zoo (imported lazily) touches torch.jit.interface, which torch deprecates loudly;
+# the warning is about robustbench's code and not actionable for ctrobust users
+warnings.filterwarnings("ignore", message="`torch.jit.interface` is deprecated", category=FutureWarning)
+
+from ctrobust import _compat  # noqa: E402
 
 _compat.install()
 

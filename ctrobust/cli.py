@@ -160,8 +160,8 @@ def _bad_input_types() -> tuple:
     from ctrobust.ct import CTCoverageError
 
     types = [ConfigError, UnknownNameError, CTCoverageError]
-    for mod, names in (("ctrobust.models", ("ModelUnavailableError",)),
-                       ("ctrobust.data", ("DataUnavailableError", "DatasetUnavailableError"))):
+    for mod, names in (("ctrobust.models", ("ModelUnavailableError", "ModelLoadError")),
+                       ("ctrobust.data", ("DataUnavailableError",))):
         try:
             m = __import__(mod, fromlist=list(names))
         except ImportError:
@@ -261,16 +261,23 @@ def _cmd_models(a) -> int:
         for name in models.list_models(a.dataset, a.threat):
             print(name)
         return 0
-    rows = models.coverage_table(a.dataset, a.threat)
-    print(f"{'model':<48} {'relu mod':>8} {'relu fn':>7} {'leaky':>5} {'missed':>6}  CT reaches  other activations")
-    for r in rows:
-        if r.get("error"):
-            print(f"{r['name']:<48} {'-':>8} {'-':>7} {'-':>5} {'-':>6}  {'?':<10}  ({r['error']})")
-            continue
-        unsup = r.get("unsupported") or {}
-        other = ", ".join(f"{k} x {v}" for k, v in unsup.items()) if isinstance(unsup, dict) else str(unsup)
+    print(f"{'model':<48} {'relu mod':>8} {'relu fn':>7} {'leaky':>5} {'missed':>6}  {'CT':<8}  other activations")
+
+    def show(r):
+        if r.get("error") or r.get("status") in ("error", "skipped"):
+            print(f"{r['name']:<48} {'-':>8} {'-':>7} {'-':>5} {'-':>6}  {r.get('status', '?'):<8}  ({r.get('error')})",
+                  flush=True)
+            return
         print(f"{r['name']:<48} {r['relu_modules']:>8} {r['relu_functional']:>7} {r['leaky_relu']:>5} "
-              f"{r['missed']:>6}  {'yes' if r['reachable'] else 'NO':<10}  {other}")
+              f"{r['missed']:>6}  {r.get('status', ''):<8}  {r.get('unsupported') or ''}", flush=True)
+
+    rows = models.coverage_table(a.dataset, a.threat, on_row=show)
+    counts = {}
+    for r in rows:
+        counts[r.get("status")] = counts.get(r.get("status"), 0) + 1
+    print("CT status: full = every activation is a ReLU CT tunes; partial = ReLUs tuned but other "
+          "activations remain; none = no ReLU (CT does nothing); " +
+          ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))))
     return 0
 
 

@@ -331,6 +331,7 @@ def write_results(run: RunDir, coverage: dict) -> list[dict]:
             for k, v in coverage.items():
                 if k != "unsupported":
                     row[f"ct_{k}"] = v
+            row["ct_unsupported"] = ";".join(f"{k} x {v}" for k, v in coverage.get("unsupported", {}).items())
             row["seconds"] = round(sum(u["seconds"] for u in um), 3)
             row["forward_passes"] = sum(u["forward_passes"] for u in um)
             row["backward_passes"] = sum(u["backward_passes"] for u in um)

@@ -107,6 +107,10 @@ def prepare(cfg: SweepConfig, device: torch.device | None = None) -> Prepared:
     if coverage["missed"]:
         raise CTCoverageError(f"model {cfg.model!r}: CT would miss {coverage['missed']} ReLU call(s); "
                               "refusing to report CT results for a partially tuned network")
+    if coverage["unsupported"]:
+        other = ", ".join(f"{k} x {v}" for k, v in coverage["unsupported"].items())
+        _log(cfg, f"warning: model {cfg.model!r} also computes activations CT does not tune ({other}); "
+                  "results describe a partially tuned network (recorded as ct_unsupported)")
     ct_model = apply_ct(model, 1.0, cfg.coeff).eval()
     run.create()
     run.clean_stale_tmp()

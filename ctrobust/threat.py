@@ -1,0 +1,187 @@
+"""Threat models (Linf, L2), their default radii, and the ball check run after every attack chunk.
+
+An adversarial example for a [0, 1] image ``x`` under threat ``T`` and radius ``eps`` is any ``x_adv``
+with ``x_adv`` in [0, 1] (per pixel) and ``||x_adv - x||_T <= eps``, where the norm is taken over the whole
+image (all channels and pixels). ``check_ball`` verifies exactly that (plus finiteness), with a small
+tolerance for floating-point projection error, and fails loudly otherwise: a result computed from
+points outside the ball is not a robustness result.
+
+Example:
+    >>> from ctrobust.threat import Threat, DEFAULT_EPS, check_ball
+    >>> threat = Threat.parse("linf")
+    >>> eps = DEFAULT_EPS[threat]               # 8/255
+    >>> check_ball(x, x_adv, threat, eps)        # raises BallViolationError if any row is outside
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+
+from ctrobust._registry import did_you_mean
+
+__all__ = ["Threat", "DEFAULT_EPS", "BallViolationError", "check_ball", "distances"]
+
+
+class Threat(str, Enum):
+    """The norm of the perturbation ball. A ``str``, so ``Threat.Linf == "Linf"``.
+
+    ``Threat("linf")`` and ``Threat.parse("LINF")`` are case-insensitive (``L_inf``/``inf`` are accepted
+    for ``Linf``); ``parse`` raises an
+    ``UnknownNameError`` with "did you mean ...?" for anything else.
+    """
+
+    Linf = "Linf"
+    L2 = "L2"
+
+    def __str__(self) -> str:  # "Linf", not "Threat.Linf", in messages and file names
+        return self.value
+
+    @classmethod
+    def _missing_(cls, value):
+        if isinstance(value, str):
+            key = value.strip().lower().replace("_", "").replace("-", "")
+            return {"linf": cls.Linf, "inf": cls.Linf, "linfty": cls.Linf, "l2": cls.L2}.get(key)
+        return None
+
+    @classmethod
+    def parse(cls, value: "str | Threat") -> "Threat":
+        """Turn a user string into a ``Threat`` (case-insensitive).
+
+        Args:
+            value: ``"Linf"``, ``"L2"`` (any case) or a ``Threat``.
+
+        Returns:
+            The ``Threat`` member.
+
+        Raises:
+            UnknownNameError: for an unknown name, e.g. ``unknown threat model 'L1' — did you mean 'L2'?``.
+        """
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            raise did_you_mean("threat model", str(value), [m.value for m in cls]) from None
+
+
+#: Default radii of the RobustBench leaderboards (images in [0, 1]).
+DEFAULT_EPS: dict[Threat, float] = {Threat.Linf: 8 / 255, Threat.L2: 0.5}
+
+
+class BallViolationError(AssertionError):
+    """Some adversarial examples are outside the threat ball, outside [0, 1], or not finite.
+
+    Attributes:
+        n_bad: number of offending examples.
+        n_total: number of examples checked.
+        first_index: index (row in the checked batch) of the first offending example.
+        worst_distance: largest distance to the clean image among all rows (``nan`` if non-finite).
+        bad_indices: 1-D int64 tensor of all offending rows.
+    """
+
+    def __init__(self, message: str, *, n_bad: int, n_total: int, first_index: int,
+                 worst_distance: float, bad_indices: torch.Tensor):
+        super().__init__(message)
+        self.n_bad = n_bad
+        self.n_total = n_total
+        self.first_index = first_index
+        self.worst_distance = worst_distance
+        self.bad_indices = bad_indices
+
+
+def distances(x_clean: torch.Tensor, x_adv: torch.Tensor, threat: "str | Threat") -> torch.Tensor:
+    """Per-example distance ``||x_adv - x_clean||`` in the threat's norm over all non-batch dimensions.
+
+    Args:
+        x_clean: ``(N, ...)`` float tensor.
+        x_adv: same shape as ``x_clean``.
+        threat: ``"Linf"`` or ``"L2"``.
+
+    Returns:
+        ``(N,)`` float64 tensor on the inputs' device (``nan`` where ``x_adv`` is not finite).
+    """
+    threat = Threat.parse(threat)
+    if x_clean.shape != x_adv.shape:
+        raise ValueError(f"x_clean has shape {tuple(x_clean.shape)} but x_adv has {tuple(x_adv.shape)}")
+    if x_adv.dim() == 0:
+        raise ValueError("expected a batch (N, ...) of examples, got a scalar")
+    x_adv, x_clean = x_adv.detach(), x_clean.detach()
+    if not x_adv.is_floating_point():
+        x_adv = x_adv.to(torch.float64)
+    # the difference in the inputs' dtype (exact up to one rounding), the norm accumulated in float64
+    diff = (x_adv - x_clean.to(x_adv.dtype)).reshape(x_adv.shape[0], -1)
+    if diff.shape[1] == 0:
+        return torch.zeros(diff.shape[0], dtype=torch.float64, device=diff.device)
+    order = float("inf") if threat is Threat.Linf else 2.0
+    dist = torch.linalg.vector_norm(diff, ord=order, dim=1, dtype=torch.float64)
+    # vector_norm(inf) of a row containing NaN may be NaN or not depending on the backend: make it explicit
+    finite = torch.isfinite(diff).all(dim=1)
+    return torch.where(finite, dist, torch.full_like(dist, float("nan")))
+
+
+def check_ball(x_clean: torch.Tensor, x_adv: torch.Tensor, threat: "str | Threat", eps: float,
+               tol: float = 1e-5) -> torch.Tensor:
+    """Assert that every ``x_adv`` is a valid adversarial candidate for its clean image.
+
+    Valid means: all entries finite, every pixel in ``[-tol, 1 + tol]``, and
+    ``||x_adv - x_clean||_threat <= eps + tol`` (norm over all channels and pixels of one image).
+    Engines call this on every attack chunk, before results are recorded.
+
+    Args:
+        x_clean: ``(N, C, H, W)`` (any ``(N, ...)``) clean images in [0, 1].
+        x_adv: adversarial images, same shape as ``x_clean``.
+        threat: ``"Linf"`` or ``"L2"`` (or a ``Threat``).
+        eps: radius of the ball, > 0 (e.g. 8/255 for Linf, 0.5 for L2).
+        tol: absolute slack for floating-point error in projection/clipping.
+
+    Returns:
+        ``(N,)`` float64 tensor of distances (for logging), when every row is valid.
+
+    Raises:
+        BallViolationError: naming how many examples violate, the worst distance and the first offending
+            index (with the reason: outside the ball, outside [0, 1], non-finite).
+        ValueError: on mismatched shapes or a non-positive eps.
+    """
+    threat = Threat.parse(threat)
+    eps = float(eps)
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    dist = distances(x_clean, x_adv, threat)
+    n = int(x_adv.shape[0])
+    flat = x_adv.detach().reshape(n, -1)
+    nonfinite = ~torch.isfinite(flat).all(dim=1) if flat.shape[1] else torch.zeros(n, dtype=torch.bool,
+                                                                                 device=flat.device)
+    if flat.shape[1]:
+        finite_vals = torch.nan_to_num(flat, nan=0.5, posinf=0.5, neginf=0.5)
+        low = finite_vals.amin(dim=1).to(torch.float64)
+        high = finite_vals.amax(dim=1).to(torch.float64)
+        out_of_range = (low < -tol) | (high > 1.0 + tol)
+    else:
+        low = high = torch.zeros(n, dtype=torch.float64, device=flat.device)
+        out_of_range = torch.zeros(n, dtype=torch.bool, device=flat.device)
+    outside = torch.nan_to_num(dist, nan=float("inf")) > eps + tol
+    bad = nonfinite | out_of_range | outside
+    if not bool(bad.any()):
+        return dist
+
+    bad_idx = bad.nonzero().flatten().cpu()
+    first = int(bad_idx[0])
+    finite_dist = dist[~nonfinite]
+    worst = float(finite_dist.max()) if finite_dist.numel() else float("nan")
+    worst_at = int(torch.nan_to_num(dist, nan=-1.0).argmax()) if finite_dist.numel() else first
+    reasons = []
+    if bool(outside.any()):
+        reasons.append(f"{int((outside & ~nonfinite).sum())} outside the {threat} ball "
+                       f"(eps={eps:.6g}, tol={tol:g}; worst distance {worst:.6g} at index {worst_at})")
+    if bool(out_of_range.any()):
+        reasons.append(f"{int(out_of_range.sum())} with pixels outside [0, 1] "
+                       f"(min {float(low.min()):.6g}, max {float(high.max()):.6g})")
+    if bool(nonfinite.any()):
+        reasons.append(f"{int(nonfinite.sum())} with non-finite values (nan/inf)")
+    msg = (f"x_adv violates the {threat} threat model for {len(bad_idx)} of {n} examples "
+           f"(first offending index {first}): " + "; ".join(reasons)
+           + f". Worst distance {worst:.6g} vs eps {eps:.6g}.")
+    raise BallViolationError(msg, n_bad=len(bad_idx), n_total=n, first_index=first, worst_distance=worst,
+                             bad_indices=bad_idx)
