@@ -1,0 +1,152 @@
+"""Speed of a CT sweep: the fast engine vs the reference (pyautoattack) engine, in one run.
+
+Both engines attack the same rows (every example at every beta, baseline included) with the same attacks,
+the way `ctrobust sweep` calls them: the reference engine one beta at a time, the fast engine all betas in
+one beta-batched call. Forward and backward passes are counted by a wrapper around the model, in example
+units (one image through the network once = 1), for both engines alike. Prints wall time, passes and the
+ratios, and writes JSON.
+
+Examples:
+    # the demo sweep on CPU (bundled ResNet-18, 20 bundled CIFAR-10 images, 8/255, betas 1,.95,.9,.8,.7)
+    python benchmarks/sweep_speed.py --device cpu --out benchmarks/results/sweep_speed_cpu.json
+    # on a GPU: RobustBench's Standard architecture (WRN-28-10, random weights) and the bundled ResNet-18
+    python benchmarks/sweep_speed.py --device cuda --model standard-random --out ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ctrobust.config import parse_attacks, parse_betas, parse_eps  # noqa: E402
+from ctrobust.ct import apply_ct  # noqa: E402
+from ctrobust.data import load_eval_set  # noqa: E402
+from ctrobust.engines import get_engine  # noqa: E402
+
+
+class PassCounter(nn.Module):
+    """Counts example-forwards, and example-backwards through the output (any attack, any engine)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.forward_rows = 0
+        self.backward_rows = 0
+        self.calls = 0
+
+    def forward(self, x):
+        out = self.net(x)
+        n = x.shape[0]
+        self.forward_rows += n
+        self.calls += 1
+        if out.requires_grad:
+            def hook(grad, n=n):
+                self.backward_rows += n
+                return grad
+            out.register_hook(hook)
+        return out
+
+
+def load(model: str, device: torch.device):
+    if model == "bundled":
+        from ctrobust.models import load_model
+        return load_model("bundled/resnet18-cifar10", device=str(device)), "bundled/resnet18-cifar10"
+    if model == "standard-random":
+        from ctrobust._compat import import_robustbench
+        import_robustbench()
+        from robustbench.model_zoo.cifar10 import linf
+        torch.manual_seed(0)
+        return linf["Standard"]["model"]().eval().to(device), "Standard (WRN-28-10, random weights)"
+    raise SystemExit(f"unknown --model {model}")
+
+
+def run_engine(name, model, x, y, ids, betas, args, device):
+    counter = PassCounter(apply_ct(model, 1.0)).to(device).eval()
+    engine = get_engine(name)
+    rows_b = torch.tensor(np.repeat(betas, len(y)), dtype=torch.float64)
+    X, Y, I = x.repeat(len(betas), 1, 1, 1), y.repeat(len(betas)), ids.repeat(len(betas))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    if name == "fast":
+        out = engine.run(counter, X, Y, ids=I, betas=rows_b, seed=args.seed, threat=args.threat, eps=args.eps,
+                         attacks=args.attacks, batch_size=args.batch_size, device=device)
+        outs = [out]
+    else:  # as the sweep does: one beta per call
+        outs = []
+        for j, b in enumerate(betas):
+            sl = slice(j * len(y), (j + 1) * len(y))
+            outs.append(engine.run(counter, X[sl], Y[sl], ids=I[sl], betas=rows_b[sl], seed=args.seed,
+                                   threat=args.threat, eps=args.eps, attacks=args.attacks,
+                                   batch_size=args.batch_size, device=device))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    robust = np.concatenate([o.robust for o in outs])
+    per_beta = {float(b): float(robust[j * len(y):(j + 1) * len(y)].mean()) for j, b in enumerate(betas)}
+    return {"wall_s": wall, "forward_passes": counter.forward_rows, "backward_passes": counter.backward_rows,
+            "model_calls": counter.calls, "robust_acc_per_beta": per_beta,
+            "engine_reported_forward": sum(o.forward_passes for o in outs),
+            "engine_reported_backward": sum(o.backward_passes for o in outs)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default="bundled", choices=("bundled", "standard-random"))
+    p.add_argument("--n-examples", type=int, default=20)
+    p.add_argument("--betas", default="0.7,0.8,0.9,0.95")
+    p.add_argument("--eps", default="8/255")
+    p.add_argument("--threat", default="Linf")
+    p.add_argument("--attacks", default="standard")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", default="auto")
+    p.add_argument("--engines", default="fast,reference")
+    p.add_argument("--out", help="JSON file to write")
+    args = p.parse_args(argv)
+    args.eps = parse_eps(args.eps)
+    args.attacks = parse_attacks(args.attacks)
+    args.batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    device = torch.device(args.device)
+    betas = parse_betas(args.betas)
+    model, label = load(args.model, device)
+    x, y, ids = load_eval_set("cifar10", args.n_examples, subset="first", data="bundled")
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        (platform.processor() or platform.machine()) + f" ({torch.get_num_threads()} threads)"
+    res = {"model": label, "device": str(device), "device_name": dev_name, "torch": torch.__version__,
+           "n_examples": len(y), "betas": betas, "eps": args.eps, "attacks": args.attacks, "engines": {}}
+    for name in args.engines.split(","):
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        res["engines"][name] = run_engine(name, model, x, y, ids, betas, args, device)
+    e = res["engines"]
+    print(f"\n{label} on {dev_name}: {len(y)} images x {len(betas)} betas {betas}, eps={args.eps:.4g}, "
+          f"attacks={','.join(args.attacks)}")
+    print(f"{'engine':<10} {'wall s':>9} {'fwd passes':>11} {'bwd passes':>11}  robust acc per beta")
+    for name, r in e.items():
+        accs = " ".join(f"{b:g}:{a:.2f}" for b, a in r["robust_acc_per_beta"].items())
+        print(f"{name:<10} {r['wall_s']:>9.1f} {r['forward_passes']:>11} {r['backward_passes']:>11}  {accs}")
+    if "fast" in e and "reference" in e:
+        f, r = e["fast"], e["reference"]
+        res["ratio_wall"] = r["wall_s"] / f["wall_s"]
+        res["ratio_passes"] = (r["forward_passes"] + r["backward_passes"]) / max(1, f["forward_passes"] +
+                                                                              f["backward_passes"])
+        print(f"reference / fast: {res['ratio_wall']:.1f}x wall time, {res['ratio_passes']:.1f}x passes "
+              "(forward + backward)")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""The ``fast`` engine: AutoAttack's attacks (APGD-CE, APGD-T, FAB-T, Square; plus APGD-DLR and FAB)
+reimplemented with early exit, beta-batching and batch-invariant, counter-based randomness.
+
+Modules: :mod:`.engine` (``FastEngine``), :mod:`.apgd`, :mod:`.fab`, :mod:`.square` (the attacks, each a
+per-row state machine), :mod:`.rng` (counter-based random numbers), :mod:`._common` (model caller, early-exit
+driver, norms and losses).
+"""
+
+from ctrobust.engines.fast.apgd import APGD
+from ctrobust.engines.fast.engine import ATTACKS, FastEngine
+from ctrobust.engines.fast.fab import FAB
+from ctrobust.engines.fast.square import Square
+
+__all__ = ["FastEngine", "ATTACKS", "APGD", "FAB", "Square"]
