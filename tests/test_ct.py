@@ -1,0 +1,724 @@
+"""Tests of ctrobust.ct: the CT activation, its coverage of every form of ReLU, and per-example beta.
+
+Issue 2 ("Done when"): phi's limits and branches, gradients, validation, coverage of each ReLU form on
+tiny models, model plumbing (no_grad, grads, .to, deepcopy, wrappers), no mutation of the original,
+per-example beta, the two reference networks (pyautoattack ResNet-18, RobustBench Standard WRN-28-10)
+and activation_curves.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.functional import relu as relu_alias  # bound at import time, before any apply_ct
+
+from ctrobust.ct import (
+    EPS,
+    CTActivation,
+    CTCoverageError,
+    CTModel,
+    activation_curves,
+    apply_ct,
+    beta_context,
+    ct_coverage,
+    ct_phi,
+    get_beta,
+    set_beta,
+)
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------
+
+
+def plain_phi(x: torch.Tensor, beta: float, c: float = 0.5) -> torch.Tensor:
+    """The CT formula written out, differentiated by autograd (threshold 50: exact in float64)."""
+    d = 1.0 - beta + EPS
+    return c * torch.sigmoid(beta * x / d) * x + (1.0 - c) * d * F.softplus(x / d, threshold=50)
+
+
+def grid(lo=-10.0, hi=10.0, n=4001, dtype=torch.float64):
+    return torch.linspace(lo, hi, n, dtype=dtype)
+
+
+def input_grad(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(x).square().sum(), x)
+    return g
+
+
+# ---------------------------------------------------------------------------------------------------
+# phi
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_phi_near_one_is_relu(dtype):
+    x = grid(dtype=dtype)
+    out = ct_phi(x, 1 - 1e-9)
+    assert out.dtype == dtype
+    assert (out - F.relu(x)).abs().max().item() < 1e-5
+    assert torch.equal(ct_phi(x, 1.0), F.relu(x))  # beta = 1 is ReLU bit for bit
+
+
+def test_curvature_shrinks_as_beta_decreases():
+    # max |phi''| from finite differences of the analytic derivative (the custom backward), float64
+    x = grid(-1.0, 1.0, 40001)
+    curves = activation_curves([0.99, 0.95, 0.9, 0.7, 0.5, 0.3, 0.1], x=x)
+    h = float(x[1] - x[0])
+    curv = [float(np.abs(np.diff(curves["dphi"][b])).max() / h) for b in [0.99, 0.95, 0.9, 0.7, 0.5, 0.3, 0.1]]
+    assert all(a > b for a, b in zip(curv, curv[1:])), curv
+    assert curv[0] > 10 * curv[-1]
+    # and the analytic second derivative (double backward) agrees with the finite differences
+    xs = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(ct_phi(xs, 0.9).sum(), xs, create_graph=True)
+    (g2,) = torch.autograd.grad(g.sum(), xs)
+    assert abs(g2.abs().max().item() - curv[2]) / curv[2] < 1e-3
+
+
+@pytest.mark.parametrize("beta", [1e-6, 0.3, 0.7, 0.9, 0.99, 1 - 1e-6])
+def test_c_branches_match_direct_formulas(beta):
+    x = grid(-20, 20, 8001)
+    d = 1.0 - beta + EPS
+    # c = 1: sigmoid(beta x / d) x ; c = 0: d softplus(x / d)
+    torch.testing.assert_close(ct_phi(x, beta, 1.0), torch.sigmoid(beta * x / d) * x, atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(ct_phi(x, beta, 0.0), d * F.softplus(x / d, threshold=50), atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(ct_phi(x, beta, 0.3), plain_phi(x, beta, 0.3), atol=1e-10, rtol=1e-9)
+    # float32 agrees with the float64 formula to float32 precision
+    x32 = x.float()
+    for c in (0.0, 0.5, 1.0):
+        err = (ct_phi(x32, beta, c).double() - plain_phi(x, beta, c)).abs() / (1 + x.abs())
+        assert err.max().item() < 1e-6, (c, err.max().item())
+
+
+@pytest.mark.parametrize("beta", [1e-6, 0.5, 0.99, 1 - 1e-6, 1.0])
+@pytest.mark.parametrize("c", [0.0, 0.5, 1.0])
+def test_gradients_finite_on_large_float32_inputs(beta, c):
+    x = torch.cat([torch.linspace(-1e4, 1e4, 20001), torch.tensor([0.0, -0.0, 1e-30, -1e-30])])
+    act = CTActivation(beta, c)
+    xs = x.clone().requires_grad_(True)
+    y = act(xs)
+    (g,) = torch.autograd.grad(y.sum(), xs)
+    assert torch.isfinite(y).all() and torch.isfinite(g).all()
+    # phi' is bounded: between min silu' (~ -0.1) and its max (~1.1)
+    assert g.min().item() > -0.2 and g.max().item() < 1.2
+    # far tails: phi(x) -> relu(x), phi'(x) -> step(x)
+    assert g[0].abs().item() < 1e-3 or beta < 1e-3
+    assert abs(g[20000].item() - 1.0) < 1e-3 or beta < 1e-3
+
+
+def test_per_example_gradients_finite_on_large_inputs():
+    betas = torch.tensor([1e-6, 0.5, 0.99, 1 - 1e-6, 1.0])
+    x = torch.linspace(-1e4, 1e4, 5 * 4001).reshape(5, 4001).requires_grad_(True)
+    y = ct_phi(x, betas)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.isfinite(y).all() and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("beta", [0.2, 0.7, 0.95])
+@pytest.mark.parametrize("c", [0.0, 0.5, 1.0])
+def test_analytic_backward_matches_autograd(beta, c):
+    x = torch.randn(64, dtype=torch.float64) * 3
+    assert torch.autograd.gradcheck(lambda t: ct_phi(t, beta, c), (x.clone().requires_grad_(True),))
+    xs = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(ct_phi(xs, beta, c).sum(), xs)
+    xr = x.clone().requires_grad_(True)
+    (gr,) = torch.autograd.grad(plain_phi(xr, beta, c).sum(), xr)
+    torch.testing.assert_close(g, gr, atol=1e-12, rtol=1e-9)
+
+
+def test_per_example_and_leaky_backward_gradcheck():
+    x = (torch.randn(4, 6, dtype=torch.float64) * 3).requires_grad_(True)
+    betas = torch.tensor([1.0, 0.9, 0.6, 0.3], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: ct_phi(t, betas, 0.5, 0.1), (x,))
+    assert torch.autograd.gradcheck(lambda t: ct_phi(t, 0.8, 0.5, 0.2), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: ct_phi(t, betas), (x,))
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.1, float("nan"), "abc", torch.ones(2, 2) * 0.5,
+                                 torch.tensor([0.5, 1.5]), torch.tensor([])])
+def test_invalid_beta_rejected(bad):
+    net = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    with pytest.raises(ValueError):
+        apply_ct(net, bad)
+    with pytest.raises(ValueError):
+        CTActivation(bad)
+    with pytest.raises(ValueError):
+        ct_phi(torch.zeros(2), bad)
+    ct = apply_ct(net, 0.9)
+    with pytest.raises(ValueError):
+        set_beta(ct, bad)
+    assert float(get_beta(ct)) == pytest.approx(0.9)  # unchanged by the failed call
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "abc", float("nan")])
+def test_invalid_coeff_rejected(bad):
+    net = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    with pytest.raises(ValueError):
+        apply_ct(net, 0.9, coeff=bad)
+    with pytest.raises(ValueError):
+        CTActivation(0.9, bad)
+    with pytest.raises(ValueError):
+        ct_phi(torch.zeros(2), 0.9, bad)
+
+
+def test_beta_and_coeff_are_buffers_not_parameters():
+    act = CTActivation(0.8, 0.3)
+    assert list(act.parameters()) == []
+    assert set(dict(act.named_buffers())) == {"beta", "coeff"}
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    ct = apply_ct(net, 0.8)
+    assert sum(p.numel() for p in ct.parameters()) == sum(p.numel() for p in net.parameters())
+    assert all(n.endswith(("beta", "coeff")) for n, _ in ct.named_buffers())
+    assert any(n.endswith("beta") for n in ct.state_dict())
+
+
+def test_beta_buffer_changes_are_picked_up():
+    # the activation caches host-side values of beta/coeff: every way of changing the buffers must show
+    x = torch.linspace(-2, 2, 9)
+    act = CTActivation(0.9)
+    y09 = act(x)
+    act.load_state_dict({"beta": torch.tensor(0.5), "coeff": torch.tensor(0.5)})
+    torch.testing.assert_close(act(x), ct_phi(x, 0.5))
+    with torch.no_grad():
+        act.beta.fill_(0.9)
+    torch.testing.assert_close(act(x), y09)
+    act.coeff.fill_(1.0)
+    torch.testing.assert_close(act(x), ct_phi(x, 0.9, 1.0))
+    act.beta = torch.tensor(1.0)
+    assert torch.equal(act(x), F.relu(x))
+
+
+def test_leaky_activation_formula():
+    x = torch.linspace(-5, 5, 101, dtype=torch.float64)
+    act = CTActivation(0.75, negative_slope=0.1).double()  # 0.75: exact in the float32 buffer
+    torch.testing.assert_close(act(x), 0.1 * x + 0.9 * plain_phi(x, 0.75), atol=1e-10, rtol=1e-9)
+    assert torch.equal(CTActivation(1.0, negative_slope=0.1)(x), F.leaky_relu(x, 0.1))
+
+
+def test_inplace_activation_writes_into_input():
+    act = CTActivation(0.8, inplace=True)
+    base = torch.randn(4, 5)
+    x = base.clone()
+    out = act(x)
+    assert out is x
+    torch.testing.assert_close(x, ct_phi(base, 0.8))
+    # with autograd: the input tensor holds the result and the gradient is phi'
+    leaf = base.clone().requires_grad_(True)
+    h = leaf * 1.0
+    out = act(h)
+    assert out is h
+    (g,) = torch.autograd.grad(out.sum(), leaf)
+    ref = base.clone().requires_grad_(True)
+    (gr,) = torch.autograd.grad(ct_phi(ref, 0.8).sum(), ref)
+    torch.testing.assert_close(g, gr)
+
+
+# ---------------------------------------------------------------------------------------------------
+# coverage of every form of ReLU (tiny models)
+# ---------------------------------------------------------------------------------------------------
+
+
+class FuncNet(nn.Module):
+    """Linear -> act -> Linear -> act -> Linear, the activation called in one functional form."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        self.l1, self.l2, self.l3 = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def act(self, h):
+        f = self.form
+        if f == "F.relu":
+            return F.relu(h)
+        if f == "F.relu(inplace)":
+            return F.relu(h, inplace=True)
+        if f == "F.relu_":
+            return F.relu_(h)
+        if f == "torch.relu":
+            return torch.relu(h)
+        if f == "torch.relu_":
+            return torch.relu_(h)
+        if f == "x.relu()":
+            return h.relu()
+        if f == "x.relu_()":
+            h.relu_()  # relies on the in-place semantics: the result is read from h
+            return h
+        if f == "alias":
+            return relu_alias(h)
+        raise AssertionError(f)
+
+    def forward(self, x):
+        return self.l3(self.act(self.l2(self.act(self.l1(x)))))
+
+
+class Nested(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(8, 16)
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(16, 16), nn.ReLU()) for _ in range(2)])
+        self.heads = nn.ModuleDict({"a": nn.Sequential(nn.ReLU(), nn.Linear(16, 4))})
+
+    def forward(self, x):
+        h = self.inp(x)
+        for b in self.blocks:
+            h = b(h)
+        return self.heads["a"](h)
+
+
+class Reused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.l3 = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.l3(self.act(self.l2(self.act(self.l1(x)))) + self.act(x).sum(1, keepdim=True))
+
+
+def _module_net(inplace=False):
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(inplace=inplace), nn.Linear(16, 16), nn.ReLU(inplace=inplace),
+                         nn.Linear(16, 4))
+
+
+FORMS = {  # name -> (builder, expected relu_modules, expected relu_functional)
+    "nn.ReLU": (lambda: _module_net(), 2, 0),
+    "nn.ReLU(inplace)": (lambda: _module_net(True), 2, 0),
+    "reused instance": (Reused, 3, 0),
+    "nested containers": (Nested, 3, 0),
+    **{f: ((lambda f=f: FuncNet(f)), 0, 2) for f in
+       ["F.relu", "F.relu(inplace)", "F.relu_", "torch.relu", "torch.relu_", "x.relu()", "x.relu_()", "alias"]},
+}
+
+
+def _build(form):
+    torch.manual_seed(0)
+    builder, n_mod, n_fun = FORMS[form]
+    return builder().eval(), n_mod, n_fun
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_coverage_each_relu_form(form):
+    net, n_mod, n_fun = _build(form)
+    x = torch.randn(5, 8)
+    cov = ct_coverage(net, x)
+    assert cov == {"relu_modules": n_mod, "relu_functional": n_fun, "leaky_relu": 0, "missed": 0,
+                   "unsupported": {}}
+    with torch.no_grad():
+        ref = net(x)
+        tuned = apply_ct(net, 0.7)(x)
+        same = apply_ct(net, 1.0)(x)
+    assert not torch.allclose(tuned, ref, atol=1e-4)
+    assert torch.equal(same, ref)
+    # also with autograd enabled (the in-place forms go through the custom Function's in-place path)
+    g = input_grad(apply_ct(net, 0.7), x)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    assert torch.equal(input_grad(apply_ct(net, 1.0), x), input_grad(net, x))
+
+
+def test_reused_instance_stays_shared():
+    ct = apply_ct(Reused(), 0.8)
+    acts = [m for m in ct.net.modules() if isinstance(m, CTActivation)]
+    assert len(acts) == 1 and ct.net.act is acts[0]
+
+
+class LeakyNet(nn.Module):
+    def __init__(self, functional: bool):
+        super().__init__()
+        self.functional = functional
+        self.l1, self.l2, self.l3 = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+        self.act = nn.LeakyReLU(0.1)
+
+    def forward(self, x):
+        a = (lambda h: F.leaky_relu(h, 0.1)) if self.functional else self.act
+        return self.l3(a(self.l2(a(self.l1(x)))))
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_leaky_relu_module_and_functional(functional):
+    torch.manual_seed(0)
+    net = LeakyNet(functional).eval()
+    x = torch.randn(5, 8)
+    cov = ct_coverage(net, x)
+    assert cov["leaky_relu"] == 2 and cov["missed"] == 0 and cov["relu_modules"] + cov["relu_functional"] == 0
+    with torch.no_grad():
+        assert torch.equal(apply_ct(net, 1.0)(x), net(x))
+        out = apply_ct(net, 0.7)(x)
+        # reference: the same network with a * x + (1 - a) * phi(x) written out
+        h = net.l1(x)
+        h = 0.1 * h + 0.9 * plain_phi(h, 0.7)
+        h = net.l2(h)
+        h = 0.1 * h + 0.9 * plain_phi(h, 0.7)
+        ref = net.l3(h)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out, net(x), atol=1e-4)
+
+
+class SiLUNet(nn.Module):
+    def __init__(self, functional: bool):
+        super().__init__()
+        self.functional = functional
+        self.l1, self.l2 = nn.Linear(8, 8), nn.Linear(8, 4)
+        self.act1, self.act2 = nn.SiLU(), nn.SiLU()
+
+    def forward(self, x):
+        if self.functional:
+            return self.l2(F.silu(self.l1(F.silu(x))))
+        return self.l2(self.act2(self.l1(self.act1(x))))
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_silu_only_model_refused(functional):
+    net = SiLUNet(functional).eval()
+    x = torch.randn(2, 8)
+    assert ct_coverage(net, x)["unsupported"] == {"SiLU": 2}
+    with pytest.raises(CTCoverageError, match="SiLU x 2"):
+        apply_ct(net, 0.9, example_input=x)
+    # without an example input: refused at apply_ct (modules) or at the first forward (functional)
+    with pytest.raises(CTCoverageError, match="SiLU x 2"):
+        apply_ct(net, 0.9)(x)
+    assert issubclass(CTCoverageError, ValueError)
+
+
+class Swish(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+def test_custom_swish_counted_as_unsupported():
+    net = nn.Sequential(nn.Linear(8, 8), Swish(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), Swish())
+    x = torch.randn(2, 8)
+    cov = ct_coverage(net, x)
+    assert cov["unsupported"] == {"Swish": 2} and cov["relu_modules"] == 1 and cov["missed"] == 0
+    swish_only = nn.Sequential(nn.Linear(8, 8), Swish(), nn.Linear(8, 8), Swish())
+    with pytest.raises(CTCoverageError, match="Swish x 2"):
+        apply_ct(swish_only, 0.9, example_input=x)
+    with pytest.raises(CTCoverageError):
+        apply_ct(swish_only, 0.9)(x)
+
+
+def test_function_mode_does_not_leak():
+    net = FuncNet("F.relu")
+    ct = apply_ct(net, 0.5)
+    ct(torch.randn(2, 8))
+    x = torch.randn(10)
+    assert torch.equal(F.relu(x), x.clamp_min(0))  # outside the forward, relu is relu again
+    assert not torch._C._is_torch_function_mode_enabled()
+
+
+# ---------------------------------------------------------------------------------------------------
+# model plumbing
+# ---------------------------------------------------------------------------------------------------
+
+
+class ConvNet(nn.Module):
+    """A tiny image model mixing module and functional ReLUs, with BatchNorm (train/eval matters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = self.relu(self.bn1(self.conv1(x)))
+        h = F.relu(self.conv2(h))
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+class Normalized(nn.Module):
+    def __init__(self, net, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26)):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        return self.net((x - self.mean) / self.std)
+
+
+class NormalizeLayer(Normalized):
+    def __init__(self):
+        super().__init__(nn.Identity())
+
+
+@pytest.fixture()
+def convnet():
+    torch.manual_seed(0)
+    net = ConvNet()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        net.bn1.running_mean.uniform_(-0.2, 0.2)
+        net.bn1.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def test_no_grad_and_input_gradients(convnet):
+    x = torch.rand(3, 3, 8, 8)
+    ct = apply_ct(convnet, 0.8)
+    with torch.no_grad():
+        a = ct(x)
+    b = ct(x)
+    torch.testing.assert_close(a, b.detach())
+    g = input_grad(ct, x)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    assert not torch.allclose(g, input_grad(convnet, x))
+
+
+def test_to_device_and_dtype(convnet):
+    x = torch.rand(2, 3, 8, 8)
+    ct = apply_ct(convnet, 0.8)
+    ref = ct(x)
+    moved = ct.to(torch.device("cpu"))
+    torch.testing.assert_close(moved(x), ref)
+    ct64 = copy.deepcopy(ct).double()
+    torch.testing.assert_close(ct64(x.double()).float(), ref, atol=1e-5, rtol=1e-5)
+    assert get_beta(ct64).dtype == torch.float64
+
+
+def test_deepcopy_is_independent(convnet):
+    x = torch.rand(2, 3, 8, 8)
+    ct = apply_ct(convnet, 0.8)
+    with torch.no_grad():
+        ref = ct(x)
+        dup = copy.deepcopy(ct)
+        torch.testing.assert_close(dup(x), ref)
+        set_beta(dup, 0.5)
+        assert not torch.allclose(dup(x), ref)
+        assert torch.equal(ct(x), ref)
+    assert float(get_beta(ct)) == pytest.approx(0.8)
+    assert float(get_beta(dup)) == pytest.approx(0.5)
+
+
+def test_state_dict_and_pickle_round_trip(convnet, tmp_path):
+    x = torch.rand(2, 3, 8, 8)
+    ct = apply_ct(convnet, 0.8)
+    with torch.no_grad():
+        ref = ct(x)
+        other = apply_ct(convnet, 0.5)
+        other(x)  # caches derived values for beta = 0.5, which the load must invalidate
+        other.load_state_dict(ct.state_dict())
+        torch.testing.assert_close(other(x), ref)
+        path = tmp_path / "ct.pt"
+        torch.save(ct, path)
+        loaded = torch.load(path, weights_only=False)
+        torch.testing.assert_close(loaded(x), ref)
+
+
+@pytest.mark.parametrize("wrap", ["module", "sequential"])
+def test_wrapped_models(convnet, wrap):
+    model = Normalized(convnet) if wrap == "module" else nn.Sequential(NormalizeLayer(), convnet)
+    model.eval()
+    x = torch.rand(2, 3, 8, 8)
+    cov = ct_coverage(model, x)
+    assert (cov["relu_modules"], cov["relu_functional"], cov["missed"]) == (1, 1, 0)
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.equal(apply_ct(model, 1.0)(x), ref)
+        assert not torch.allclose(apply_ct(model, 0.7)(x), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_original_model_untouched(convnet, mode):
+    convnet.train(mode == "train")
+    x = torch.rand(4, 3, 8, 8)
+    before = copy.deepcopy(convnet.state_dict())
+    with torch.no_grad():
+        out_before = convnet.eval()(x)
+    convnet.train(mode == "train")
+    ct = apply_ct(convnet, 0.6)
+    assert ct.training == (mode == "train") and convnet.training == (mode == "train")
+    assert isinstance(ct, CTModel) and ct.net is not convnet
+    assert not any(isinstance(m, CTActivation) for m in convnet.modules())
+    after = convnet.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    with torch.no_grad():
+        assert torch.equal(convnet.eval()(x), out_before)
+    with pytest.raises(ValueError, match="already"):
+        apply_ct(ct, 0.5)
+
+
+def test_per_example_beta(convnet):
+    x = torch.rand(3, 3, 8, 8)
+    betas = torch.tensor([1.0, 0.9, 0.8])
+    ct = apply_ct(convnet, 0.5)
+    set_beta(ct, betas)
+    with torch.no_grad():
+        out = ct(x)
+        ref = convnet(x)
+        assert torch.equal(out[0], ref[0])
+        for i, b in enumerate(betas.tolist()):
+            torch.testing.assert_close(out[i], apply_ct(convnet, b)(x)[i], atol=1e-6, rtol=1e-5)
+    # gradients per row equal the scalar-beta gradients
+    g = input_grad(ct, x)
+    for i, b in enumerate(betas.tolist()):
+        torch.testing.assert_close(g[i], input_grad(apply_ct(convnet, b), x)[i], atol=1e-6, rtol=1e-4)
+    with pytest.raises(ValueError, match="per-example beta has 4 entries"):
+        set_beta(ct, torch.tensor([1.0, 0.9, 0.8, 0.7]))
+        ct(x)
+    with pytest.raises(ValueError):
+        set_beta(ct, torch.tensor([0.9, 0.0, 0.8]))
+
+
+def test_set_beta_copies_and_beta_context(convnet):
+    x = torch.rand(2, 3, 8, 8)
+    ct = apply_ct(convnet, 0.9)
+    betas = torch.tensor([0.6, 0.7])
+    set_beta(ct, betas)
+    with torch.no_grad():
+        out = ct(x)
+        betas.fill_(0.99)  # editing the caller's tensor afterwards does not change the model
+        assert torch.equal(ct(x), out)
+        with beta_context(ct, 1.0):
+            assert torch.equal(ct(x), convnet(x))
+        assert torch.equal(ct(x), out)
+    with pytest.raises(ValueError, match="no CT activation"):
+        set_beta(convnet, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# reference networks
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    import pyautoattack
+
+    root = Path(pyautoattack.__file__).resolve().parent / "examples"
+    spec = importlib.util.spec_from_file_location("_pyautoattack_examples_resnet", root / "resnet.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    net = module.ResNet18()
+    weights = root / "model_test.pt"
+    if weights.exists():  # a plain state_dict saved from CUDA tensors (legacy format)
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def wrn_standard():
+    from ctrobust._compat import import_robustbench
+
+    import_robustbench()
+    from robustbench.model_zoo import cifar10
+
+    torch.manual_seed(0)
+    return cifar10.linf["Standard"]["model"]().eval()
+
+
+def test_pyautoattack_resnet18(resnet18):
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cov = ct_coverage(resnet18, x[:1])
+    assert cov == {"relu_modules": 0, "relu_functional": 17, "leaky_relu": 0, "missed": 0, "unsupported": {}}
+    ct = apply_ct(resnet18, 1.0)
+    with torch.no_grad():
+        ref = resnet18(x)
+        assert torch.equal(ct(x), ref)
+        set_beta(ct, 0.8)
+        assert (ct(x) - ref).abs().max().item() > 1e-3
+        set_beta(ct, torch.tensor([1.0, 0.8]))
+        out = ct(x)
+        assert torch.equal(out[0], ref[0]) and (out[1] - ref[1]).abs().max().item() > 1e-3
+
+
+def test_robustbench_standard_wrn(wrn_standard):
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cov = ct_coverage(wrn_standard, x)
+    assert cov == {"relu_modules": 25, "relu_functional": 0, "leaky_relu": 0, "missed": 0, "unsupported": {}}
+
+
+# ---------------------------------------------------------------------------------------------------
+# curves
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_activation_curves():
+    res = activation_curves([0.5, 0.9, 1 - 1e-7])
+    assert res["x"].shape == (401,)
+    assert set(res["phi"]) == set(res["dphi"]) == {0.5, 0.9, 1 - 1e-7}
+    for b in res["phi"]:
+        assert res["phi"][b].shape == res["dphi"][b].shape == (401,)
+    x = res["x"]
+    assert np.abs(res["phi"][1 - 1e-7] - np.maximum(x, 0)).max() < 1e-5
+    away = np.abs(x) > 1e-3
+    assert np.abs(res["dphi"][1 - 1e-7][away] - (x[away] > 0)).max() < 1e-5
+    custom = activation_curves([0.7], x=[-1.0, 0.0, 2.0], coeff=0.2)
+    assert custom["x"].shape == (3,) and custom["phi"][0.7].shape == (3,)
+    np.testing.assert_allclose(custom["phi"][0.7], plain_phi(torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64),
+                                                             0.7, 0.2).numpy(), atol=1e-12)
+    with pytest.raises(ValueError):
+        activation_curves([1.5])
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_matches_cpu(dtype):
+    dev = torch.device("cuda")
+    x = (torch.randn(6, 3, 7, 5, dtype=dtype) * 4)
+    g = torch.randn_like(x)
+    for beta, c, a in [(0.9, 0.5, 0.0), (0.3, 0.0, 0.0), (0.99, 1.0, 0.0), (0.7, 0.5, 0.1), (1.0, 0.5, 0.0),
+                       (torch.tensor([1.0, 0.9, 0.5, 0.99, 1e-6, 1.0]), 0.5, 0.0),
+                       (torch.tensor([1.0, 0.9, 0.5, 0.99, 1e-6, 1.0]), 0.4, 0.2)]:
+        outs, grads = [], []
+        for d in (torch.device("cpu"), dev):
+            xs = x.to(d).requires_grad_(True)
+            b = beta.to(d) if isinstance(beta, torch.Tensor) else beta
+            y = ct_phi(xs, b, c, a)
+            (gx,) = torch.autograd.grad(y, xs, g.to(d))
+            outs.append(y.detach().cpu())
+            grads.append(gx.cpu())
+        tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(outs[1], outs[0], **tol)
+        torch.testing.assert_close(grads[1], grads[0], **tol)
+        if isinstance(beta, torch.Tensor):
+            assert torch.equal(outs[1][0], F.relu(x[0]) if a == 0 else F.leaky_relu(x[0], a))
+
+
+@pytest.mark.gpu
+def test_cuda_model(convnet):
+    dev = torch.device("cuda")
+    x = torch.rand(3, 3, 8, 8)
+    ct_cpu = apply_ct(convnet, 0.8)
+    ct = copy.deepcopy(ct_cpu).to(dev)  # moved after apply_ct
+    assert get_beta(ct).device.type == "cuda"
+    with torch.no_grad():
+        torch.testing.assert_close(ct(x.to(dev)).cpu(), ct_cpu(x), atol=1e-4, rtol=1e-4)
+    net = copy.deepcopy(convnet).to(dev)
+    with torch.no_grad():
+        assert torch.equal(apply_ct(net, 1.0)(x.to(dev)), net(x.to(dev)))
+    g = input_grad(ct, x.to(dev))
+    assert torch.isfinite(g).all()
+    torch.testing.assert_close(g.cpu(), input_grad(ct_cpu, x), atol=1e-4, rtol=1e-3)
+    # per-example beta set without validation (as the engines do) and an attack step: no host sync
+    set_beta(ct, 0.9)
+    ct(x.to(dev))  # first forward runs the coverage check
+    betas = torch.tensor([1.0, 0.9, 0.8], device=dev)
+    xd = x.to(dev)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        set_beta(ct, betas, validate=False)
+        xs = xd.clone().requires_grad_(True)
+        out = ct(xs)
+        (gx,) = torch.autograd.grad(out.square().sum(), xs)
+        set_beta(ct, 0.7)
+        out2 = ct(xd)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    with torch.no_grad():
+        assert torch.equal(out[0], net(x.to(dev))[0])
+        torch.testing.assert_close(out2, apply_ct(net, 0.7)(x.to(dev)))
+    assert torch.isfinite(gx).all()
