@@ -330,7 +330,9 @@ def _fused_call(name: str, *tensors, **scalars):
                 "bwd_t": make(_FUSED_BWD_SRC, c=0.5, a=0.0),
             }
         return _Fused.fns[name](*tensors, **scalars)
-    except Exception as exc:  # noqa: BLE001 - any failure of the optional fast path falls back
+    except torch.cuda.OutOfMemoryError:
+        raise  # callers (the engines) back off on OOM: not a reason to give up the fused kernels
+    except Exception as exc:  # noqa: BLE001 - any other failure of the optional fast path falls back
         _Fused.failed = f"{type(exc).__name__}: {exc}"
         warnings.warn(f"ctrobust.ct: fused CUDA kernel unavailable ({_Fused.failed}); "
                       "using the unfused CT activation", RuntimeWarning, stacklevel=3)
