@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--threat", default="Linf")
     m.add_argument("--coverage", action="store_true",
                    help="build each architecture without weights and count the ReLUs CT reaches")
+    m.add_argument("--only", nargs="+", metavar="NAME", help="only these models (with --coverage)")
 
     st = sub.add_parser("status", help="done / running / pending / failed units of a run dir, ETA")
     st.add_argument("run_dir", metavar="RUN_DIR")
@@ -271,7 +272,7 @@ def _cmd_models(a) -> int:
         print(f"{r['name']:<48} {r['relu_modules']:>8} {r['relu_functional']:>7} {r['leaky_relu']:>5} "
               f"{r['missed']:>6}  {r.get('status', ''):<8}  {r.get('unsupported') or ''}", flush=True)
 
-    rows = models.coverage_table(a.dataset, a.threat, on_row=show)
+    rows = models.coverage_table(a.dataset, a.threat, names=a.only, on_row=show)
     counts = {}
     for r in rows:
         counts[r.get("status")] = counts.get(r.get("status"), 0) + 1

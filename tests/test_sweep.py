@@ -238,3 +238,13 @@ def test_reference_engine_at_beta_1_equals_direct_pyautoattack(tmp_path):
 
 def results_robust_acc(run_dir, beta):
     return next(r["robust_acc"] for r in load_results(run_dir) if r["beta"] == beta)
+
+
+def test_masking_flags_do_not_fire_on_the_bundled_resnet18(tiny_run):
+    """A normally trained ReLU network: gradients are healthy at every beta and nothing looks masked."""
+    from ctrobust.diagnostics import masking_flags
+
+    o = load_outcomes(tiny_run)
+    assert not o["grad_zero"].any() and not o["grad_nonfinite"].any()
+    flags = masking_flags(o, attacks=["apgd-ce"])
+    assert flags and not any(v["masking_suspected"] for v in flags.values())
