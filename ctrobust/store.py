@@ -203,7 +203,16 @@ class RunDir:
         return self.units_dir / f"{key}.npz"
 
     def has_unit(self, key: str) -> bool:
-        return self.read_unit(key) is not None
+        """True if this experiment's unit ``key`` is finished (reads only its metadata)."""
+        p = self.unit_path(key)
+        if not p.exists():
+            return False
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+        except (OSError, ValueError, KeyError):
+            return False  # unreadable: treated as missing and rewritten atomically
+        return meta.get("key") == key and meta.get("experiment") == self.key
 
     def write_unit(self, key: str, arrays: dict, meta: dict) -> None:
         """Atomically write one finished unit (arrays: per-example; meta: JSON-serialisable)."""
