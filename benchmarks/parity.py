@@ -37,38 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from ctrobust.ct import apply_ct
 from ctrobust.engines.fast.engine import FastEngine
 from ctrobust.engines.reference import ReferenceEngine
+from ctrobust.toy import train_digits_cnn
 
 STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
-
-
-def train_digits_cnn(seed: int = 0):
-    """A small CNN on scikit-learn digits (1500 train / 297 test images, 8x8, [0, 1]); ~96 % accurate."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(d.target, dtype=torch.int64)
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(x), generator=g)
-    x, y = x[perm], y[perm]
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1),
-                          nn.ReLU(), nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(6):
-        p = torch.randperm(1500, generator=g)
-        for i in range(0, 1500, 64):
-            b = p[i:i + 64]
-            loss = nn.functional.cross_entropy(model(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval(), x[1500:], y[1500:], torch.arange(1500, len(x))
 
 
 def load_resnet18():

@@ -51,3 +51,15 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("CTROBUST_DATA_DIR", raising=False)
     monkeypatch.delenv("CTROBUST_OFFLINE", raising=False)
     return cache
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module single-threaded (tiny models on a shared 2-core machine: ~10x faster, no OpenMP
+    spinning); restores the thread count afterwards. Use with ``pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -19,6 +19,7 @@ from ctrobust.engines import get_engine
 from ctrobust.engines.base import AttackOutcome
 from ctrobust.engines.fast.engine import FastEngine
 from ctrobust.threat import distances
+from ctrobust.toy import train_digits_cnn
 
 BETAS = [1.0, 0.8, 0.5]
 N_EX = 8
@@ -26,61 +27,13 @@ ORDER = ["square", "fab-t", "apgd-t", "apgd-ce"]  # weak attacks first, so that 
 SMALL = dict(n_iter=4, n_target_classes=1, n_queries=20)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine run ~10x faster single-threaded (no OpenMP spinning)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _digits_cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
-
-
-def _train_digits_cnn(cache_dir=None, seed: int = 0):
-    """Train the tiny CNN on 1500 digits (~3 s); returns (eval model, x_test (297, 1, 8, 8), y_test).
-
-    With ``cache_dir`` (pytest's session temp dir) the weights are shared by the test modules that use
-    this model: the first trains and saves them, the others load them.
-    """
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(d.target, dtype=torch.int64)
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(x), generator=g)
-    x, y = x[perm], y[perm]
-    torch.manual_seed(seed)
-    model = _digits_cnn()
-    path = None if cache_dir is None else cache_dir / f"ctrobust_digits_cnn_{seed}.pt"
-    if path is not None and path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval(), x[1500:], y[1500:]
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(6):
-        p = torch.randperm(1500, generator=g)
-        for i in range(0, 1500, 64):
-            b = p[i:i + 64]
-            loss = nn.functional.cross_entropy(model(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    if path is not None:
-        tmp = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(path)
-    return model, x[1500:], y[1500:]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def ct_digits(tmp_path_factory):
     """(CT model, x_test, y_test) with CT applied to the digits CNN."""
-    model, x, y = _train_digits_cnn(tmp_path_factory.getbasetemp())
+    model, x, y, _ = train_digits_cnn(cache_dir=tmp_path_factory.getbasetemp())
     return apply_ct(model, 1.0), x, y
 
 
