@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import os
 import platform
@@ -67,20 +66,9 @@ PER_SAMPLE_CYCLE = (1.0, 0.9, 0.8, 0.7)
 
 
 def build_resnet18() -> tuple[nn.Module, str]:
-    import pyautoattack
+    from ctrobust.models import load_model
 
-    root = Path(pyautoattack.__file__).resolve().parent / "examples"
-    spec = importlib.util.spec_from_file_location("_pyautoattack_examples_resnet", root / "resnet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    net = module.ResNet18()
-    weights = root / "model_test.pt"
-    note = "random weights"
-    if weights.exists():
-        # legacy-format checkpoint with CUDA storages: map to CPU first.
-        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        note = "pyautoattack examples/model_test.pt"
-    return net.eval(), note
+    return load_model("bundled/resnet18-cifar10"), "pyautoattack examples/model_test.pt"
 
 
 def build_wrn28_10() -> tuple[nn.Module, str]:

@@ -10,7 +10,9 @@ Examples:
     # the demo sweep on CPU (bundled ResNet-18, 20 bundled CIFAR-10 images, 8/255, betas 1,.95,.9,.8,.7)
     python benchmarks/sweep_speed.py --device cpu --out benchmarks/results/sweep_speed_cpu.json
     # on a GPU: RobustBench's Standard architecture (WRN-28-10, random weights) and the bundled ResNet-18
-    python benchmarks/sweep_speed.py --device cuda --model standard-random --out ...
+    python benchmarks/sweep_speed.py --device cuda --model standard-random \
+        --out benchmarks/results/sweep_speed_<gpu>_wrn.json
+    python benchmarks/sweep_speed.py --device cuda --model bundled --out benchmarks/results/sweep_speed_<gpu>_resnet18.json
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", default="auto")
     p.add_argument("--engines", default="fast,reference")
-    p.add_argument("--out", help="JSON file to write")
+    p.add_argument("--out", help="JSON file to write; the table also goes to <stem>.txt")
     args = p.parse_args(argv)
     args.eps = parse_eps(args.eps)
     args.attacks = parse_attacks(args.attacks)
@@ -129,22 +131,26 @@ def main(argv=None):
         print(f"running {name} ...", file=sys.stderr, flush=True)
         res["engines"][name] = run_engine(name, model, x, y, ids, betas, args, device)
     e = res["engines"]
-    print(f"\n{label} on {dev_name}: {len(y)} images x {len(betas)} betas {betas}, eps={args.eps:.4g}, "
-          f"attacks={','.join(args.attacks)}")
-    print(f"{'engine':<10} {'wall s':>9} {'fwd passes':>11} {'bwd passes':>11}  robust acc per beta")
+    lines = [f"{label} on {dev_name}: {len(y)} images x {len(betas)} betas {betas}, eps={args.eps:.4g}, "
+             f"attacks={','.join(args.attacks)}",
+             f"{'engine':<10} {'wall s':>9} {'fwd passes':>11} {'bwd passes':>11}  robust acc per beta"]
     for name, r in e.items():
         accs = " ".join(f"{b:g}:{a:.2f}" for b, a in r["robust_acc_per_beta"].items())
-        print(f"{name:<10} {r['wall_s']:>9.1f} {r['forward_passes']:>11} {r['backward_passes']:>11}  {accs}")
+        lines.append(f"{name:<10} {r['wall_s']:>9.1f} {r['forward_passes']:>11} {r['backward_passes']:>11}  {accs}")
     if "fast" in e and "reference" in e:
         f, r = e["fast"], e["reference"]
         res["ratio_wall"] = r["wall_s"] / f["wall_s"]
         res["ratio_passes"] = (r["forward_passes"] + r["backward_passes"]) / max(1, f["forward_passes"] +
                                                                               f["backward_passes"])
-        print(f"reference / fast: {res['ratio_wall']:.1f}x wall time, {res['ratio_passes']:.1f}x passes "
-              "(forward + backward)")
+        lines.append(f"reference / fast: {res['ratio_wall']:.1f}x wall time, {res['ratio_passes']:.1f}x passes "
+                     "(forward + backward)")
+    lines.append(f"(torch {torch.__version__}" + ("; both engines measured in the same run)" if len(e) > 1 else ")"))
+    print("\n" + "\n".join(lines))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=1))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1))
+        out.with_suffix(".txt").write_text("\n".join(lines) + "\n")  # the table, for humans and reports
     return res
 
 

@@ -171,6 +171,27 @@ def network_timeout(seconds: float | None = None):
             patched[0].request = patched[1]
 
 
+@contextlib.contextmanager
+def removing_new_folders_on_error(folder: Path):
+    """Create ``folder`` (and missing parents); if the block raises, remove the ones created here again.
+
+    A failed download must leave no trace, not even empty folders in a user's model or data directory.
+    Folders that existed before, or that something else has filled meanwhile, are kept.
+    """
+    folder = Path(folder)
+    created = [d for d in (folder, *folder.parents) if not d.exists()]  # innermost first
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:  # not empty (or gone): keep it and everything above it
+                break
+        raise
+
+
 def offline() -> bool:
     """True when ``CTROBUST_OFFLINE`` is set to a true value: never try a download."""
     return os.environ.get("CTROBUST_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
@@ -401,14 +422,15 @@ def _download_cifar(data_dir: Path, info: dict) -> None:
     from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
     archive = data_dir / info["archive"]
-    try:
-        with network_timeout():
-            download_and_extract_archive(info["url"], str(data_dir), filename=info["archive"],
-                                         md5=info["archive_md5"])
-    finally:
-        # torchvision writes the archive straight to its final name: never keep a partial one
-        if archive.exists() and not check_integrity(str(archive), info["archive_md5"]):
-            archive.unlink()
+    with removing_new_folders_on_error(data_dir):
+        try:
+            with network_timeout():
+                download_and_extract_archive(info["url"], str(data_dir), filename=info["archive"],
+                                             md5=info["archive_md5"])
+        finally:
+            # torchvision writes the archive straight to its final name: never keep a partial one
+            if archive.exists() and not check_integrity(str(archive), info["archive_md5"]):
+                archive.unlink()
 
 
 def _load_cifar_full(dataset: str, data_dir: Path):

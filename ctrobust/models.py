@@ -46,7 +46,8 @@ from torch import nn
 
 from ctrobust._compat import import_robustbench
 from ctrobust._registry import did_you_mean
-from ctrobust.data import DATASETS, network_timeout, offline, parse_dataset, user_cache_dir
+from ctrobust.data import (DATASETS, network_timeout, offline, parse_dataset, removing_new_folders_on_error,
+                           user_cache_dir)
 from ctrobust.threat import Threat
 
 __all__ = [
@@ -254,32 +255,32 @@ def _fetch_gdrive(gid: str, dest: Path) -> None:
         raise ModelUnavailableError(
             f"checkpoint missing: {dest} (CTROBUST_OFFLINE is set, not downloading). Download it from {source} "
             f"(gdrive id {gid}) and place it at exactly that path.")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-", dir=dest.parent))
-    try:
-        tmp = tmpdir / dest.name
+    with removing_new_folders_on_error(dest.parent):  # a failed fetch leaves no trace, not even folders
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-", dir=dest.parent))
         try:
-            import gdown
+            tmp = tmpdir / dest.name
+            try:
+                import gdown
 
-            with network_timeout():
-                out = gdown.download(id=gid, output=str(tmp), quiet=False)
-            if out is None or not tmp.is_file():
-                raise _InvalidCheckpoint("the downloader produced no file")
-            _validate_checkpoint(tmp)
-        except _InvalidCheckpoint as exc:
-            raise ModelUnavailableError(
-                f"checkpoint missing: {dest}. Downloading it from {source} gave no valid checkpoint: {exc}. "
-                f"The download was discarded. Download the file yourself (gdrive id {gid}) and place it at "
-                f"exactly that path.") from None
-        except Exception as exc:  # noqa: BLE001 - network errors, quota errors, gdown errors
-            raise ModelUnavailableError(
-                f"checkpoint missing: {dest}. Downloading it from {source} failed "
-                f"({type(exc).__name__}: {_first_line(exc)}). Place the checkpoint at exactly that path "
-                f"(gdrive id {gid}), or set CTROBUST_MODEL_DIR / --model-dir to a folder holding "
-                f"<dataset>/<threat>/<name>.pt.") from exc
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+                with network_timeout():
+                    out = gdown.download(id=gid, output=str(tmp), quiet=False)
+                if out is None or not tmp.is_file():
+                    raise _InvalidCheckpoint("the downloader produced no file")
+                _validate_checkpoint(tmp)
+            except _InvalidCheckpoint as exc:
+                raise ModelUnavailableError(
+                    f"checkpoint missing: {dest}. Downloading it from {source} gave no valid checkpoint: {exc}. "
+                    f"The download was discarded. Download the file yourself (gdrive id {gid}) and place it at "
+                    f"exactly that path.") from None
+            except Exception as exc:  # noqa: BLE001 - network errors, quota errors, gdown errors
+                raise ModelUnavailableError(
+                    f"checkpoint missing: {dest}. Downloading it from {source} failed "
+                    f"({type(exc).__name__}: {_first_line(exc)}). Place the checkpoint at exactly that path "
+                    f"(gdrive id {gid}), or set CTROBUST_MODEL_DIR / --model-dir to a folder holding "
+                    f"<dataset>/<threat>/<name>.pt.") from exc
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,8 +9,6 @@ and activation_curves.
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -590,17 +588,10 @@ def test_set_beta_copies_and_beta_context(convnet):
 
 @pytest.fixture(scope="module")
 def resnet18():
-    import pyautoattack
+    from ctrobust.models import load_model
 
-    root = Path(pyautoattack.__file__).resolve().parent / "examples"
-    spec = importlib.util.spec_from_file_location("_pyautoattack_examples_resnet", root / "resnet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    net = module.ResNet18()
-    weights = root / "model_test.pt"
-    if weights.exists():  # a plain state_dict saved from CUDA tensors (legacy format)
-        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return net.eval()
+    # pyautoattack's examples/model_test.pt: its forward calls F.relu 17 times, no nn.ReLU modules.
+    return load_model("bundled/resnet18-cifar10")
 
 
 @pytest.fixture(scope="module")

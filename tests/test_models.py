@@ -137,6 +137,19 @@ def test_no_network_gives_clear_error_and_leaves_no_file(tmp_path, monkeypatch):
     assert str(path) in msg and gid in msg and "Failed to resolve" in msg
     assert calls and calls[0][0] == gid and Path(calls[0][1]).parent.parent == path.parent  # temp dir beside it
     assert _files(root) == []
+    assert not root.exists()  # the folders made for the download are gone too
+
+
+def test_failed_download_keeps_folders_that_existed_or_were_filled(tmp_path, monkeypatch):
+    def no_network(gid, output):
+        raise requests.exceptions.ConnectionError("Failed to resolve 'drive.google.com'")
+
+    _fake_gdown(monkeypatch, no_network)
+    root = tmp_path / "models"
+    (root / "cifar10" / "L2").mkdir(parents=True)  # the user's: must survive
+    with pytest.raises(ModelUnavailableError):
+        load_model("Standard", "cifar10", "Linf", model_dir=root)
+    assert (root / "cifar10" / "L2").is_dir() and not (root / "cifar10" / "Linf").exists()
 
 
 def test_html_page_is_rejected_and_not_kept(tmp_path, monkeypatch):
@@ -150,7 +163,7 @@ def test_html_page_is_rejected_and_not_kept(tmp_path, monkeypatch):
     with pytest.raises(ModelUnavailableError) as err:
         load_model("Standard", model_dir=root)
     assert "HTML" in str(err.value) and str(root / "cifar10" / "Linf" / "Standard.pt") in str(err.value)
-    assert _files(root) == []
+    assert _files(root) == [] and not root.exists()
 
 
 def test_truncated_download_is_rejected(tmp_path, monkeypatch, standard_ckpt):
