@@ -72,9 +72,27 @@ def load(model: str, device: torch.device):
     raise SystemExit(f"unknown --model {model}")
 
 
+ENGINE_VARIANTS = {
+    "fast": {},
+    "fast-nospec": {"speculate": False},  # later restarts/targets not run in the padding of the last block
+    "reference": None,
+}
+
+
+def make_engine(name: str, args):
+    """``fast`` (optionally with ``--block-size``), ``fast-nospec`` or ``reference``."""
+    if name not in ENGINE_VARIANTS:
+        raise SystemExit(f"unknown engine {name!r}: choose from {', '.join(ENGINE_VARIANTS)}")
+    if ENGINE_VARIANTS[name] is None:
+        return get_engine(name)
+    from ctrobust.engines.fast.engine import FastEngine
+
+    return FastEngine(block_size=args.block_size, **ENGINE_VARIANTS[name])
+
+
 def run_engine(name, model, x, y, ids, betas, args, device):
     counter = PassCounter(apply_ct(model, 1.0)).to(device).eval()
-    engine = get_engine(name)
+    engine = make_engine(name, args)
     rows_b = torch.tensor(np.repeat(betas, len(y)), dtype=torch.float64)
     X, Y, I = x.repeat(len(betas), 1, 1, 1), y.repeat(len(betas)), ids.repeat(len(betas))
     if device.type == "cuda":
@@ -99,7 +117,17 @@ def run_engine(name, model, x, y, ids, betas, args, device):
     return {"wall_s": wall, "forward_passes": counter.forward_rows, "backward_passes": counter.backward_rows,
             "model_calls": counter.calls, "robust_acc_per_beta": per_beta,
             "engine_reported_forward": sum(o.forward_passes for o in outs),
-            "engine_reported_backward": sum(o.backward_passes for o in outs)}
+            "engine_reported_backward": sum(o.backward_passes for o in outs),
+            # fast engine: batched steps per attack and rows of padding (rows computed but not used)
+            "fast_stats": _fast_stats(engine)}
+
+
+def _fast_stats(engine):
+    st = getattr(engine, "last_stats", None)
+    if not st:
+        return None
+    return {"padded_rows": st.get("padded_rows"), "steps": {k: v["steps"] for k, v in st["attacks"].items()},
+            "block": st.get("block")}
 
 
 def main(argv=None):
@@ -113,7 +141,9 @@ def main(argv=None):
     p.add_argument("--attacks", default="standard")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", default="auto")
-    p.add_argument("--engines", default="fast,reference")
+    p.add_argument("--engines", default="fast,reference", help=f"comma list of {', '.join(ENGINE_VARIANTS)}")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="fast engine: rows per model call (default: the batch size on GPUs, 16 on CPU)")
     p.add_argument("--out", help="JSON file to write; the table also goes to <stem>.txt")
     args = p.parse_args(argv)
     args.eps = parse_eps(args.eps)
@@ -133,10 +163,12 @@ def main(argv=None):
     e = res["engines"]
     lines = [f"{label} on {dev_name}: {len(y)} images x {len(betas)} betas {betas}, eps={args.eps:.4g}, "
              f"attacks={','.join(args.attacks)}",
-             f"{'engine':<10} {'wall s':>9} {'fwd passes':>11} {'bwd passes':>11}  robust acc per beta"]
+             f"{'engine':<12} {'wall s':>9} {'fwd passes':>11} {'bwd passes':>11} {'steps':>7}  robust acc per beta"]
     for name, r in e.items():
         accs = " ".join(f"{b:g}:{a:.2f}" for b, a in r["robust_acc_per_beta"].items())
-        lines.append(f"{name:<10} {r['wall_s']:>9.1f} {r['forward_passes']:>11} {r['backward_passes']:>11}  {accs}")
+        steps = sum(r["fast_stats"]["steps"].values()) if r.get("fast_stats") else "-"
+        lines.append(f"{name:<12} {r['wall_s']:>9.1f} {r['forward_passes']:>11} {r['backward_passes']:>11} "
+                     f"{steps:>7}  {accs}")
     if "fast" in e and "reference" in e:
         f, r = e["fast"], e["reference"]
         res["ratio_wall"] = r["wall_s"] / f["wall_s"]

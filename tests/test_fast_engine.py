@@ -8,6 +8,8 @@ depend on them) so the file runs in seconds.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from ctrobust._registry import UnknownNameError
 from ctrobust.ct import apply_ct, set_beta
 from ctrobust.engines import get_engine
 from ctrobust.engines.base import AttackOutcome
+from ctrobust.engines.fast._common import RowState, run_attack
 from ctrobust.engines.fast.engine import FastEngine
 from ctrobust.threat import distances
 from ctrobust.toy import train_digits_cnn
@@ -93,12 +96,80 @@ def test_outcomes_do_not_depend_on_batch_size_chunking_or_beta_batching(ct_digit
     order = np.concatenate(order)
     ref_reordered = tuple(a[order] for a in ref[:3]) + (ref[3][torch.as_tensor(order)],)
     _assert_same(ref_reordered, _cat(outs), "two halves vs whole")
-    # beta-batching off: one call per beta, with the engine's default block (on CPU min(batch size, 32))
+    # beta-batching off: one call per beta, with the engine's default block (on CPU min(batch size, 16))
     eng_default = FastEngine(**SMALL)
     together = _cat([_run(eng_default, model, X, Y, I, B, 16, threat, eps)])
     apart = _cat([_run(eng_default, model, X[sel], Y[sel], I[sel], B[sel], 16, threat, eps)
                   for sel in (B == b for b in BETAS)])
     _assert_same(together, apart, "betas batched vs one call per beta")
+
+
+@pytest.mark.parametrize("threat,radii", [("Linf", (0.06, 0.08, 0.04, 0.1)), ("L2", (0.3, 0.4, 0.2, 0.5))],
+                         ids=["Linf", "L2"])
+def test_speculative_phases_change_steps_not_outcomes(ct_digits, threat, radii):
+    """Later target classes run in the padding of the last block: same flags, attack and points, fewer steps."""
+    model, x, y = ct_digits
+    X, Y, I, B = _rows(x, y, 6, [1.0, 0.8])  # 12 rows in blocks of 16: 4+ padding slots from the start
+    kw = dict(n_iter=6, n_target_classes=4)
+    attacks = ["apgd-t", "fab-t"]
+    for eps in radii:  # a radius where targets beyond the first matter (weights vary slightly by CPU)
+        on, off = FastEngine(**kw, block_size=16), FastEngine(**kw, block_size=16, speculate=False)
+        a = _run(on, model, X, Y, I, B, 64, threat, eps, attacks=attacks)
+        b = _run(off, model, X, Y, I, B, 64, threat, eps, attacks=attacks)
+        _assert_same(_cat([a]), _cat([b]), "speculation on vs off")
+        steps_on = {k: v["steps"] for k, v in on.last_stats["attacks"].items()}
+        steps_off = {k: v["steps"] for k, v in off.last_stats["attacks"].items()}
+        if a.robust.any() and steps_on != steps_off:
+            break
+    else:
+        pytest.fail(f"no radius in {radii} leaves robust rows with several targets to try")
+    assert all(steps_on[k] <= steps_off[k] for k in steps_off) and sum(steps_on.values()) < sum(steps_off.values())
+    # without speculation every target of a robust row runs after the previous one: n_iter steps each
+    assert steps_off["apgd-t"] >= kw["n_iter"] * kw["n_target_classes"]
+
+
+class _ScriptedAttack:
+    """An attack whose phases succeed or fail on a script: ``plan[row][phase]`` is the step (1-based, counted
+    within the phase) at which that phase finds a point, or 0 if it fails after ``n_iter`` steps. The point
+    found is the image filled with ``10 * row + phase``, so the winning phase can be read back."""
+
+    name = "scripted"
+
+    def __init__(self, plan, n_iter):
+        self.plan, self.n_iter, self.n_phases = torch.as_tensor(plan), n_iter, len(plan[0])
+
+    def start(self, ctx, rows, phase):
+        return RowState(rows=rows, phase=phase, it=torch.zeros_like(rows))
+
+    def step(self, ctx, st):
+        it = st["it"] + 1
+        st["it"] = it
+        when = self.plan[st["rows"], st["phase"]]
+        broken = (when > 0) & (when == it)
+        x_eval = (10.0 * st["rows"] + st["phase"]).float().reshape(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone()
+        return broken, x_eval, (it >= self.n_iter) & ~broken
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_speculative_phases_keep_the_sequential_winner(batch_size):
+    """Driver semantics with a scripted attack: a later phase that succeeds first must not win over an
+    earlier phase that also succeeds; rows with no successful phase stay robust."""
+    plan = [[5, 1, 0, 2],   # phase 1 succeeds first, but phase 0 succeeds too: phase 0 wins
+            [0, 0, 3, 1],   # phase 3 succeeds first, phase 2 later: phase 2 wins
+            [0, 0, 0, 0],   # robust
+            [0, 4, 0, 0]]   # only phase 1
+    ctx = SimpleNamespace(x=torch.zeros(4, 1, 2, 2), caller=SimpleNamespace(block=8, fixed_shape=True))
+    rows = torch.arange(4)
+    res_seq = run_attack(_ScriptedAttack(plan, 6), ctx, rows, batch_size, speculate=False)
+    res_spec = run_attack(_ScriptedAttack(plan, 6), ctx, rows, batch_size, speculate=True)
+    for res in (res_seq, res_spec):
+        assert res.broken.tolist() == [True, True, False, True]
+        assert res.x_adv[:, 0, 0, 0].tolist() == [0.0, 12.0, 0.0, 31.0]  # clean (zeros) where robust
+    # speculation fills free slots only (batch_size caps the rows in flight): none with one row in flight
+    assert res_spec.steps < res_seq.steps if batch_size > 1 else res_spec.steps == res_seq.steps
+    # and only padding that fixed-shape blocks compute anyway
+    ctx.caller.fixed_shape = False
+    assert run_attack(_ScriptedAttack(plan, 6), ctx, rows, batch_size, speculate=True).steps == res_seq.steps
 
 
 def test_outcome_contract_and_per_row_beta(ct_digits):
