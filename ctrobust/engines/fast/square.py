@@ -159,14 +159,22 @@ class Square(Attack):
         mw = (aw >= vw[:, None]) & (aw < (vw + s)[:, None])
         return (mh[:, :, None] & mw[:, None, :]).unsqueeze(1).to(like.dtype)  # (B, 1, h, w)
 
-    def _propose_linf(self, ctx, st, it):
-        x0, xb, keys = st["x0"], st["x_best"], st["keys"]
+    def _draw(self, st, it, norm):
+        """This query's draws for every row: side ``s``, the raw bits ``r`` (B, 5 + C), the window corner
+        ``(vh, vw)`` and per-channel signs ``(B, C, 1, 1)``."""
+        x0 = st["x0"]
         b, c, h, w = x0.shape
-        s = self._side(h, w, "Linf", x0.device)[it - 1]
-        r = rng.bits(keys, rng.stream_counter(it, _S_QUERY), 5 + c)
+        s = self._side(h, w, norm, x0.device)[it - 1]
+        r = rng.bits(st["keys"], rng.stream_counter(it, _S_QUERY), 5 + c)
         vh = rng.to_randint(r[:, 0], h - s)
         vw = rng.to_randint(r[:, 1], w - s)
         sign = rng.to_sign(r[:, 5:]).reshape(b, c, 1, 1)
+        return s, r, vh, vw, sign
+
+    def _propose_linf(self, ctx, st, it):
+        x0, xb = st["x0"], st["x_best"]
+        h, w = x0.shape[-2:]
+        s, _, vh, vw, sign = self._draw(st, it, "Linf")
         mask = self._window_mask(vh, vw, s, h, w, x0)
         x_new = xb + mask * (2.0 * ctx.eps) * sign
         x_new = torch.min(torch.max(x_new, x0 - ctx.eps), x0 + ctx.eps)
@@ -174,16 +182,12 @@ class Square(Attack):
 
     def _propose_l2(self, ctx, st, it):
         eps = ctx.eps
-        x0, xb, keys = st["x0"], st["x_best"], st["keys"]
+        x0, xb = st["x0"], st["x_best"]
         b, c, h, w = x0.shape
-        s = self._side(h, w, "L2", x0.device)[it - 1]
-        r = rng.bits(keys, rng.stream_counter(it, _S_QUERY), 5 + c)
-        vh = rng.to_randint(r[:, 0], h - s)
-        vw = rng.to_randint(r[:, 1], w - s)
-        vh2 = rng.to_randint(r[:, 2], h - s)
+        s, r, vh, vw, sign = self._draw(st, it, "L2")
+        vh2 = rng.to_randint(r[:, 2], h - s)  # the second window (L2 moves mass between two squares)
         vw2 = rng.to_randint(r[:, 3], w - s)
         transp = (r[:, 4] >> 31).bool()
-        sign = rng.to_sign(r[:, 5:]).reshape(b, c, 1, 1)
         m1 = self._window_mask(vh, vw, s, h, w, x0)
         m2 = self._window_mask(vh2, vw2, s, h, w, x0)
         delta = xb - x0
