@@ -15,7 +15,7 @@ for four variants of the same network:
                 ``c*sigmoid(beta*x/d)*x + (1-c)*d*softplus(x/d)`` differentiated by autograd;
 ``ct_no_mode``  (models whose ReLUs are all modules) the CT network without ``CTModel``'s torch function
                 mode, i.e. what the mode costs;
-``ct_unfused``  (cuda) ctrobust's CT with the fused jiterator kernels disabled (the aten fallback).
+``ct_unfused``  (cuda) ctrobust's CT pinned to the ``aten`` kernel path (``apply_ct(..., kernel="aten")``).
 
 Repetitions are interleaved (the order of the variants rotates every round) so that slow drifts of the
 machine (turbo, other processes) hit every variant alike; the table reports medians and minima of the
@@ -52,7 +52,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-import ctrobust.ct as _ct
 from ctrobust.ct import EPS, apply_ct, ct_coverage, set_beta
 
 BETA = 0.9
@@ -196,17 +195,13 @@ def bench_model(model_name: str, device: torch.device, batch_size: int, repeats:
     naive = NaiveCTModel(net).to(device).eval()
     variants = {"relu": net, "ct": ct, "ct_per_sample": ct_ps, "naive": naive}
     cov = ct_coverage(net, x[:1])
-    if cov["relu_functional"] == 0 and cov["leaky_relu"] == 0:
+    if cov.relu_functional == 0 and cov.leaky_relu == 0:
         # only nn.ReLU modules: the swapped network alone is the whole CT model; timing it without
         # CTModel's torch-function mode measures what the mode costs
         variants["ct_no_mode"] = ct.net
     if device.type == "cuda":
         # the unfused (aten) kernels on the GPU, to show what the fused jiterator kernels save
-        variants["ct_unfused"] = apply_ct(net, BETA, COEFF)
-        _ct._Fused.enabled = False
-        with torch.no_grad():
-            variants["ct_unfused"](x)  # derives (and caches) unfused kernel specs for this model
-        _ct._Fused.enabled = True
+        variants["ct_unfused"] = apply_ct(net, BETA, COEFF, kernel="aten")
 
     # sanity: CT really changes the logits, and the naive reference agrees with ctrobust's CT
     with torch.no_grad():

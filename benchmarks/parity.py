@@ -39,11 +39,12 @@ import numpy as np
 import torch
 
 from ctrobust.ct import apply_ct
+from ctrobust.attacks import SUITES
 from ctrobust.engines.fast.engine import FastEngine
 from ctrobust.engines.reference import ReferenceEngine
 from ctrobust.toy import train_digits_cnn
 
-STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
+STANDARD = SUITES["standard"]
 
 
 def load_resnet18():
@@ -65,7 +66,7 @@ def compare(name, model, x, y, ids, betas, threat, eps, device, batch_size, seed
     reps = len(betas)
     X, Y, I = x.repeat(reps, 1, 1, 1), y.repeat(reps), ids.repeat(reps)
     B = torch.tensor(np.repeat(np.asarray(betas, dtype=np.float64), n))
-    common = dict(ids=I, betas=B, threat=threat, eps=eps, attacks=STANDARD, batch_size=batch_size, device=device)
+    common = dict(ids=I, betas=B, threat=threat, eps=eps, suite=STANDARD, batch_size=batch_size, device=device)
     ref, ref_time = {}, {}
     for s in seeds:
         t0 = time.perf_counter()

@@ -30,7 +30,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ctrobust.config import parse_attacks, parse_betas, parse_eps  # noqa: E402
+from ctrobust.attacks import parse_suite  # noqa: E402
+from ctrobust.config import parse_betas, parse_eps  # noqa: E402
 from ctrobust.ct import apply_ct  # noqa: E402
 from ctrobust.data import load_eval_set  # noqa: E402
 from ctrobust.engines import get_engine  # noqa: E402
@@ -98,16 +99,16 @@ def run_engine(name, model, x, y, ids, betas, args, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    if name == "fast":
+    if engine.batches_betas:
         out = engine.run(counter, X, Y, ids=I, betas=rows_b, seed=args.seed, threat=args.threat, eps=args.eps,
-                         attacks=args.attacks, batch_size=args.batch_size, device=device)
+                         suite=args.suite, batch_size=args.batch_size, device=device)
         outs = [out]
     else:  # as the sweep does: one beta per call
         outs = []
         for j, b in enumerate(betas):
             sl = slice(j * len(y), (j + 1) * len(y))
             outs.append(engine.run(counter, X[sl], Y[sl], ids=I[sl], betas=rows_b[sl], seed=args.seed,
-                                   threat=args.threat, eps=args.eps, attacks=args.attacks,
+                                   threat=args.threat, eps=args.eps, suite=args.suite,
                                    batch_size=args.batch_size, device=device))
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -147,7 +148,8 @@ def main(argv=None):
     p.add_argument("--out", help="JSON file to write; the table also goes to <stem>.txt")
     args = p.parse_args(argv)
     args.eps = parse_eps(args.eps)
-    args.attacks = parse_attacks(args.attacks)
+    args.suite = parse_suite(args.attacks)
+    args.attacks = list(args.suite.attacks)
     args.batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     device = torch.device(args.device)
     betas = parse_betas(args.betas)

@@ -1,7 +1,12 @@
 """ctrobust: what Curvature Tuning really does to adversarial robustness.
 
-Pipeline: config -> model + data -> CT (``ctrobust.ct``) -> attack engine (``ctrobust.engines``)
--> result store (``ctrobust.store``) -> figures and reports.
+Pipeline: config (``ctrobust.config``) -> model + data (``ctrobust.models``, ``ctrobust.data``) -> CT
+(``ctrobust.ct``) -> attack engine (``ctrobust.engines``, attacks from ``ctrobust.attacks``) -> run store
+(``ctrobust.store``, ``ctrobust.results``) -> figures and reports. ``ctrobust.sweep.run_sweep`` is the one
+orchestrator.
+
+Importing ctrobust changes nothing outside it: the ``autoattack`` alias robustbench needs is installed
+only when robustbench is first used (``ctrobust._compat.import_robustbench``).
 """
 
 import warnings
@@ -9,9 +14,5 @@ import warnings
 # robustbench's model zoo (imported lazily) touches torch.jit.interface, which torch deprecates loudly;
 # the warning is about robustbench's code and not actionable for ctrobust users
 warnings.filterwarnings("ignore", message="`torch.jit.interface` is deprecated", category=FutureWarning)
-
-from ctrobust import _compat  # noqa: E402
-
-_compat.install()
 
 __version__ = "0.1.0"

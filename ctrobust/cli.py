@@ -54,14 +54,15 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", help="cifar10 | cifar100 | imagenet [cifar10]")
     g.add_argument("--threat", help="Linf | L2 [Linf]")
     g.add_argument("--eps", help="budget in [0,1] pixel scale, e.g. 8/255 [8/255 for Linf, 0.5 for L2]")
-    g.add_argument("--betas", help="start:stop:step or a list, e.g. 0.70:0.99:0.01 or 0.9,0.95; "
+    g.add_argument("--betas", nargs="+", help="start:stop:step or a list, e.g. 0.70:0.99:0.01 or 0.9,0.95; "
                                    "beta = 1 is always added [0.70:0.99:0.01]")
     g.add_argument("--coeff", type=float, help="CT mixing coefficient c in [0, 1] [0.5]")
-    g.add_argument("--seeds", nargs="+", help="attack seed(s), e.g. 0 or 42 43 44 [0]")
+    g.add_argument("--seeds", nargs="+", help="attack seed(s), e.g. 0 or 42,43,44 or 42 43 44 [0]")
     g.add_argument("--n-examples", dest="n_examples", help="number of test examples, or all [1000]")
     g.add_argument("--subset", help="balanced (n/classes per class, the paper's protocol) | first [balanced]")
     g.add_argument("--data", help="full (dataset files) | bundled (images shipped in packages) [full]")
-    g.add_argument("--attacks", help="standard | rand | a list such as apgd-ce,apgd-t,fab-t,square [standard]")
+    g.add_argument("--attacks", nargs="+", help="standard | rand (APGD-CE + APGD-DLR, EOT 20) | a list such as "
+                                                "apgd-ce,apgd-t,fab-t,square [standard]")
     g.add_argument("--engine", help="fast (ctrobust's early-exit, beta-batched AutoAttack) | reference "
                                     "(pyautoattack as released) [fast]")
     g.add_argument("--chunk-size", dest="chunk_size", help="examples per work unit [500]")
@@ -87,12 +88,15 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
     e.add_argument("--slurm-array-parallelism", dest="slurm_array_parallelism", type=int)
     e.add_argument("--slurm-extra", dest="slurm_extra", action="append",
                    help="extra sbatch parameter KEY=VALUE (repeatable)")
+    e.add_argument("--slurm-cluster", dest="slurm_cluster",
+                   help="submitit cluster: slurm | local | debug (local/debug: try the Slurm path on this "
+                        "machine) [detected]")
 
 
 _SWEEP_KEYS = ("model", "dataset", "threat", "eps", "betas", "coeff", "seeds", "n_examples", "subset", "data",
                "attacks", "engine", "chunk_size", "data_dir", "model_dir", "batch_size", "device", "out",
                "quiet", "executor", "workers", "max_retries", "slurm_partition", "slurm_time",
-               "slurm_gpus_per_task", "slurm_array_parallelism", "slurm_extra")
+               "slurm_gpus_per_task", "slurm_array_parallelism", "slurm_extra", "slurm_cluster")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,12 +198,9 @@ def _cmd_sweep(a) -> int:
 
 
 def _run(cfg) -> int:
-    if cfg.executor == "local":
-        from ctrobust.sweep import run_sweep
-        res = run_sweep(cfg)
-    else:
-        from ctrobust.executors import run_distributed
-        res = run_distributed(cfg)
+    from ctrobust.sweep import run_sweep
+
+    res = run_sweep(cfg)
     print(f"ran {res.units_run} unit(s), {res.units_skipped} already done")
     if not cfg.quiet:
         print(f"results: {res.run_dir / 'results.csv'}\nfigure:  {res.run_dir / 'figures' / 'sweep.png'}")
@@ -265,12 +266,13 @@ def _cmd_models(a) -> int:
     print(f"{'model':<48} {'relu mod':>8} {'relu fn':>7} {'leaky':>5} {'missed':>6}  {'CT':<8}  other activations")
 
     def show(r):
-        if r.get("error") or r.get("status") in ("error", "skipped"):
-            print(f"{r['name']:<48} {'-':>8} {'-':>7} {'-':>5} {'-':>6}  {r.get('status', '?'):<8}  ({r.get('error')})",
+        cov = r["coverage"]  # a ctrobust.ct.Coverage, None when the architecture could not be built/run
+        if cov is None:
+            print(f"{r['name']:<48} {'-':>8} {'-':>7} {'-':>5} {'-':>6}  {r['status']:<8}  ({r['error']})",
                   flush=True)
             return
-        print(f"{r['name']:<48} {r['relu_modules']:>8} {r['relu_functional']:>7} {r['leaky_relu']:>5} "
-              f"{r['missed']:>6}  {r.get('status', ''):<8}  {r.get('unsupported') or ''}", flush=True)
+        print(f"{r['name']:<48} {cov.relu_modules:>8} {cov.relu_functional:>7} {cov.leaky_relu:>5} "
+              f"{cov.missed:>6}  {r['status']:<8}  {r['unsupported']}", flush=True)
 
     rows = models.coverage_table(a.dataset, a.threat, names=a.only, on_row=show)
     counts = {}
@@ -282,10 +284,31 @@ def _cmd_models(a) -> int:
     return 0
 
 
-def _cmd_status(a) -> int:
-    from ctrobust.executors import run_status
+def format_status(st) -> str:
+    """Human-readable lines of a :class:`ctrobust.store.RunStatus`: counts, ETA, per beta, failures."""
+    from ctrobust.store import UNIT_STATES
 
-    print(run_status(a.run_dir))
+    lines = [f"{st.run_dir}: {len(st.plan)} units - " + ", ".join(f"{st.count(s)} {s}" for s in UNIT_STATES)]
+    left = st.count("running") + st.count("pending")
+    workers = max(1, st.running_items)
+    if st.unit_seconds and left:
+        per_unit = sum(st.unit_seconds) / len(st.unit_seconds)
+        lines.append(f"ETA ~{per_unit * left / workers / 60:.1f} min at {workers} worker(s) "
+                     f"({per_unit:.1f} s per unit so far)")
+    for beta in sorted({u.beta for u in st.plan}, reverse=True):
+        us = [u for u in st.plan if u.beta == beta]
+        d = sum(st.state[u.key] == "done" for u in us)
+        lines.append(f"  beta={beta:<6g} {d}/{len(us)} done" + ("" if d == len(us) else
+                     f" ({sum(st.state[u.key] == 'running' for u in us)} running)"))
+    for item, f in st.failures.items():
+        lines.append(f"  {item}: {f.attempts} failed attempt(s), last: {f.error}")
+    return "\n".join(lines)
+
+
+def _cmd_status(a) -> int:
+    from ctrobust.store import read_status
+
+    print(format_status(read_status(a.run_dir)))
     return 0
 
 

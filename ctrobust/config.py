@@ -18,32 +18,32 @@ from typing import Any
 
 import yaml
 
-from ctrobust._registry import did_you_mean
+from ctrobust import attacks as _attacks
+from ctrobust._registry import UnknownNameError, did_you_mean
+from ctrobust.data import parse_dataset, parse_source, parse_subset
+from ctrobust.engines import get_engine, list_engines
+from ctrobust.errors import ConfigError
+from ctrobust.threat import DEFAULT_EPS, Threat
 
 __all__ = ["ConfigError", "SweepConfig", "parse_eps", "parse_betas", "parse_seeds", "parse_attacks",
-           "PAPER_BETAS", "ATTACK_SETS", "ALL_ATTACKS", "DETERMINING_FIELDS"]
-
-
-class ConfigError(ValueError):
-    """Bad user input (option, YAML key, value): the CLI prints it on one line and exits with code 2."""
-
+           "PAPER_BETAS", "DETERMINING_FIELDS", "EXECUTORS"]
 
 # The CT paper's grid: 0.70, 0.71, ..., 0.99 (beta = 1, the baseline, is always added).
 PAPER_BETAS = "0.70:0.99:0.01"
-ALL_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
-ATTACK_SETS = {
-    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
-    "rand": ("apgd-ce", "apgd-dlr"),  # with EOT (20 iterations): for randomized defenses
-}
-DATASETS = ("cifar10", "cifar100", "imagenet")
-THREATS = ("Linf", "L2")
-DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5}
-ENGINES = ("fast", "reference")
 EXECUTORS = ("local", "gpus", "slurm")
 
-# Settings that determine a result (part of every unit key and checked when a run dir is reused).
+# Settings that determine a result (part of every unit key and checked when a run dir is reused);
+# ``attacks`` enters the key as the attack suite's full parameters (``AttackSuite.params``).
 DETERMINING_FIELDS = ("model", "dataset", "threat", "eps", "betas", "coeff", "seeds", "n_examples", "subset",
                       "data", "attacks", "engine", "chunk_size")
+
+
+def _owned(parse, value):
+    """Canonicalize ``value`` with the parser of the module that owns the name; bad input -> ConfigError."""
+    try:
+        return parse(value)
+    except (UnknownNameError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_eps(text) -> float:
@@ -99,12 +99,12 @@ def parse_betas(spec) -> list[float]:
     Raises:
         ConfigError: a beta outside (0, 1], a bad range, or junk.
     """
-    if isinstance(spec, (list, tuple)):
-        betas = [_to_float(str(b), "beta") for b in spec]
-    elif isinstance(spec, (int, float)) and not isinstance(spec, bool):
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         betas = [float(spec)]
+    elif isinstance(spec, (list, tuple)) and len(spec) != 1:
+        betas = [_to_float(t, "beta") for t in _attacks.split_list(spec)]
     else:
-        s = str(spec).strip()
+        s = str(spec[0] if isinstance(spec, (list, tuple)) else spec).strip()
         if ":" in s:
             parts = s.split(":")
             if len(parts) != 3:
@@ -117,7 +117,7 @@ def parse_betas(spec) -> list[float]:
             n = int((fe - fs) / fp + Fraction(1, 10**6))
             betas = [round(float(fs + i * fp), 10) for i in range(n + 1)]
         else:
-            betas = [_to_float(t, "beta") for t in s.replace(" ", ",").split(",") if t]
+            betas = [_to_float(t, "beta") for t in _attacks.split_list(s)]
     if not betas:
         raise ConfigError(f"no betas in {spec!r}")
     for b in betas:
@@ -127,13 +127,11 @@ def parse_betas(spec) -> list[float]:
 
 
 def parse_seeds(spec) -> list[int]:
-    """``"0"``, ``"42 43 44"``, ``"42,43"``, an int or a list -> list of non-negative ints."""
-    if isinstance(spec, (list, tuple)):
-        toks = [str(s) for s in spec]
-    elif isinstance(spec, int) and not isinstance(spec, bool):
-        toks = [str(spec)]
-    else:
-        toks = [t for t in re.split(r"[,\s]+", str(spec).strip()) if t]
+    """``"0"``, ``"42 43 44"``, ``"42,43"``, an int or a list (of such strings) -> list of non-negative ints.
+
+    The same list forms as ``--betas`` and ``--attacks``: commas and/or spaces.
+    """
+    toks = [str(spec)] if isinstance(spec, int) and not isinstance(spec, bool) else _attacks.split_list(spec)
     try:
         seeds = [int(t) for t in toks]
     except ValueError:
@@ -144,20 +142,12 @@ def parse_seeds(spec) -> list[int]:
 
 
 def parse_attacks(spec) -> list[str]:
-    """``"standard"``, ``"rand"`` or a comma list of ``apgd-ce, apgd-t, fab-t, square, apgd-dlr, fab``."""
-    if isinstance(spec, (list, tuple)):
-        names = [str(s).strip().lower() for s in spec]
-    else:
-        s = str(spec).strip().lower()
-        if s in ATTACK_SETS:
-            return list(ATTACK_SETS[s])
-        names = [t.strip() for t in s.split(",") if t.strip()]
-    if not names:
-        raise ConfigError("no attacks given: use standard, rand, or e.g. apgd-ce,square")
-    for n in names:
-        if n not in ALL_ATTACKS:
-            raise ConfigError(str(did_you_mean("attack", n, list(ALL_ATTACKS) + list(ATTACK_SETS))))
-    return list(dict.fromkeys(names))
+    """Attack names of a suite option (``"standard"``, ``"rand"`` or a comma/space list) in run order."""
+    return list(_parse_suite(spec).attacks)
+
+
+def _parse_suite(spec) -> "_attacks.AttackSuite":
+    return _owned(_attacks.parse_suite, spec)
 
 
 def _canon(value: str, choices, kind: str) -> str:
@@ -187,6 +177,10 @@ class SweepConfig:
         batch_size: ``auto`` (largest that fits, backing off on CUDA OOM) or an int.
         device: ``auto`` (cuda > mps > cpu), ``cuda``, ``cuda:N``, ``mps``, ``cpu``.
         chunk_size: examples per work unit (resume granularity).
+        executor: ``local`` (this process), ``gpus`` (one worker process per GPU, or ``workers`` on the
+            CPU) or ``slurm`` (a submitit job array); never changes results.
+        slurm_cluster: submitit's cluster (default: detected); ``local`` / ``debug`` run the Slurm path on
+            this machine.
         out: run directory (default ``runs/<model>_<dataset>_<threat>_<eps>``).
     """
 
@@ -217,6 +211,7 @@ class SweepConfig:
     slurm_gpus_per_task: int = 1
     slurm_array_parallelism: int = 16
     slurm_extra: list = field(default_factory=list)
+    slurm_cluster: str | None = None
     quiet: bool = False
 
     # ---------------------------------------------------------------------------------------------
@@ -224,9 +219,9 @@ class SweepConfig:
         """Canonicalize and check every field (raises ``ConfigError``); returns self."""
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError("model must be a non-empty name, e.g. Standard")
-        self.dataset = _canon(self.dataset, DATASETS, "dataset")
-        self.threat = _canon(self.threat, THREATS, "threat")
-        self.eps = DEFAULT_EPS[self.threat] if self.eps is None else parse_eps(self.eps)
+        self.dataset = _owned(parse_dataset, self.dataset)
+        self.threat = _owned(Threat.parse, self.threat).value
+        self.eps = DEFAULT_EPS[Threat(self.threat)] if self.eps is None else parse_eps(self.eps)
         if self.threat == "Linf" and self.eps > 1:
             raise ConfigError(f"eps {self.eps:g} exceeds the [0, 1] pixel range: did you mean {self.eps:g}/255?")
         self.betas = parse_betas(self.betas)
@@ -247,12 +242,10 @@ class SweepConfig:
                     raise ConfigError(f"bad n_examples {self.n_examples!r}: expected a positive integer") from None
                 if self.n_examples <= 0:
                     raise ConfigError(f"n_examples must be positive, got {self.n_examples}")
-        self.subset = _canon(self.subset, ("first", "balanced"), "subset")
-        self.data = _canon(self.data, ("full", "bundled"), "data source")
-        attacks = parse_attacks(self.attacks)
-        self.attacks = next((k for k, v in ATTACK_SETS.items() if list(v) == attacks and
-                             str(self.attacks).lower() == k), ",".join(attacks))
-        self.engine = _canon(self.engine, ENGINES, "engine")
+        self.subset = _owned(parse_subset, self.subset)
+        self.data = _owned(parse_source, self.data)
+        self.attacks = _parse_suite(self.attacks).label
+        self.engine = _canon(self.engine, list_engines(), "engine")
         if str(self.batch_size).lower() == "auto":
             self.batch_size = "auto"
         else:
@@ -273,15 +266,20 @@ class SweepConfig:
         if self.chunk_size <= 0:
             raise ConfigError("chunk size must be positive")
         self.executor = _canon(self.executor, EXECUTORS, "executor")
+        if self.slurm_cluster is not None:
+            self.slurm_cluster = _canon(self.slurm_cluster, ("slurm", "local", "debug"), "slurm cluster")
         if self.workers is not None and int(self.workers) <= 0:
             raise ConfigError("workers must be positive")
-        if self.attacks == "rand" and self.engine == "fast":
-            pass  # supported: EOT averaging in the fast APGD
         return self
 
     @property
+    def suite(self) -> "_attacks.AttackSuite":
+        """The attack suite (attacks and all their hyper-parameters) named by ``attacks``."""
+        return _parse_suite(self.attacks)
+
+    @property
     def attack_list(self) -> list[str]:
-        return parse_attacks(self.attacks)
+        return list(self.suite.attacks)
 
     @property
     def run_dir(self) -> Path:
@@ -293,7 +291,10 @@ class SweepConfig:
     def determining(self) -> dict:
         """The settings that determine results (compared when a run dir is reused)."""
         d = {k: getattr(self, k) for k in DETERMINING_FIELDS}
-        d["attacks"] = self.attack_list
+        d["attacks"] = self.suite.params()
+        if not get_engine(self.engine).batch_invariant:
+            # pyautoattack reseeds every batch: its results depend on the batch size
+            d["batch_size"] = self.batch_size
         return d
 
     def to_dict(self) -> dict:

@@ -47,9 +47,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ctrobust.config import ConfigError
-
 from ctrobust._registry import did_you_mean
+from ctrobust.errors import ConfigError
 
 __all__ = [
     "DATASETS",
@@ -59,6 +58,8 @@ __all__ = [
     "select_indices",
     "content_hash",
     "parse_dataset",
+    "parse_subset",
+    "parse_source",
     "num_classes",
     "default_data_dir",
     "user_cache_dir",
@@ -282,7 +283,7 @@ def select_indices(labels, n_examples: int | None, subset: str = "first", n_clas
     """
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     total = labels.shape[0]
-    subset = _parse_choice("subset", subset, SUBSETS)
+    subset = parse_subset(subset)
     if n_examples is None:
         if subset == "balanced":
             raise SubsetError("subset='balanced' needs n_examples (a multiple of the number of classes); "
@@ -319,6 +320,16 @@ def _parse_choice(kind: str, value: str, choices) -> str:
     if v in choices:
         return v
     raise did_you_mean(kind, str(value), choices)
+
+
+def parse_subset(name: str) -> str:
+    """Canonical subset name: ``"first"`` or ``"balanced"`` (case-insensitive; did-you-mean otherwise)."""
+    return _parse_choice("subset", name, SUBSETS)
+
+
+def parse_source(name: str) -> str:
+    """Canonical data source: ``"full"`` or ``"bundled"`` (case-insensitive; did-you-mean otherwise)."""
+    return _parse_choice("data source", name, SOURCES)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -525,8 +536,8 @@ def load_eval_set(dataset: str, n_examples: int | None, subset: str = "first", d
         UnknownNameError: unknown dataset, subset or data source.
     """
     dataset = parse_dataset(dataset)
-    subset = _parse_choice("subset", subset, SUBSETS)
-    data = _parse_choice("data source", data, SOURCES)
+    subset = parse_subset(subset)
+    data = parse_source(data)
     k = DATASETS[dataset]
     if data == "bundled":
         x, y, ids, src = _load_bundled(dataset, n_examples, subset)

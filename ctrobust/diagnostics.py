@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctrobust.attacks import SUITES, gradient_attacks
+
 __all__ = [
     "GRAD_ZERO_TOL",
     "GRADIENT_ATTACKS",
@@ -44,11 +46,11 @@ __all__ = [
 #: max-abs input gradient at or below which a gradient counts as zero.
 GRAD_ZERO_TOL = 1e-20
 
-#: attacks that follow the gradient (all canonical attack names except ``square``).
-GRADIENT_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "apgd-dlr", "fab")
+#: attacks that follow the gradient (derived from the registry, :func:`ctrobust.attacks.gradient_attacks`).
+GRADIENT_ATTACKS = gradient_attacks()
 
-#: order in which AutoAttack "standard" runs its attacks.
-STANDARD_ORDER = ("apgd-ce", "apgd-t", "fab-t", "square")
+#: order in which AutoAttack "standard" runs its attacks (the registry's ``standard`` suite).
+STANDARD_ORDER = SUITES["standard"].attacks
 
 
 class _EvalMode:
@@ -183,7 +185,7 @@ def masking_flags(outcomes: Mapping[str, np.ndarray], *, attacks: Sequence[str] 
     Counts pool every row of a beta (all seeds). For each beta:
 
     - ``square_only``: rows with ``broken_by == "square"`` — broken by the gradient-free Square attack
-      after the gradient attacks (apgd-ce, apgd-t, fab-t, apgd-dlr, fab) run before it missed them.
+      after the gradient attacks (:data:`GRADIENT_ATTACKS`) run before it missed them.
       ``None`` when ``attacks`` is given and no gradient attack precedes ``square`` (then the count means
       nothing).
     - ``grad_zero_frac`` / ``grad_nonfinite_frac``: fraction of clean-correct rows (the points the attack

@@ -529,10 +529,11 @@ def coverage_table(dataset: str = "cifar10", threat: "str | Threat" = "Linf",
         One dict per model: ``name``; ``relu_modules``, ``relu_functional``, ``leaky_relu``, ``missed`` (ints,
         ``None`` if the build failed) as counted by ``ctrobust.ct.ct_coverage``; ``unsupported`` (str summary,
         e.g. ``"Swish x 67"``); ``reachable`` (bool: CT tunes at least one ReLU and misses none); ``status``:
-        ``full`` (every activation is a ReLU CT reaches), ``partial`` (CT reaches the ReLUs, other
-        activations stay), ``none`` (no ReLU: CT does not apply), ``missed`` (some ReLU calls escape CT),
-        ``skipped`` (building needs a download), ``error`` (the build or forward failed); ``error`` (str);
-        ``seconds`` (float).
+        the ``Coverage.verdict`` -- ``full`` (every activation is a ReLU CT reaches), ``partial`` (CT reaches
+        the ReLUs, other activations stay), ``none`` (no ReLU: CT does not apply) -- except ``missed`` (a
+        ``partial`` verdict where some ReLU calls escape CT), plus ``skipped`` (building needs a download) and
+        ``error`` (the build or forward failed); ``error`` (str); ``coverage`` (the
+        :class:`ctrobust.ct.Coverage`, ``None`` if the build failed); ``seconds`` (float).
     """
     from ctrobust.ct import ct_coverage
 
@@ -545,7 +546,7 @@ def coverage_table(dataset: str = "cifar10", threat: "str | Threat" = "Linf",
     for name in names:
         t0 = time.perf_counter()
         row = {"name": name, "relu_modules": None, "relu_functional": None, "leaky_relu": None, "missed": None,
-               "unsupported": "", "reachable": False, "status": "error", "error": ""}
+               "unsupported": "", "reachable": False, "status": "error", "error": "", "coverage": None}
         model = None
         try:
             model = build_architecture(name, dataset, threat)
@@ -556,20 +557,12 @@ def coverage_table(dataset: str = "cifar10", threat: "str | Threat" = "Linf",
             else:
                 row.update(status="error", error=f"{type(exc).__name__}: {_first_line(exc)}")
         else:
-            tunable = cov["relu_modules"] + cov["relu_functional"] + cov["leaky_relu"]
-            unsupported = dict(cov.get("unsupported") or {})
-            reachable = tunable > 0 and cov["missed"] == 0
-            if tunable == 0:
-                status = "none"
-            elif cov["missed"]:
-                status = "missed"
-            elif unsupported:
-                status = "partial"
-            else:
-                status = "full"
-            row.update(relu_modules=cov["relu_modules"], relu_functional=cov["relu_functional"],
-                       leaky_relu=cov["leaky_relu"], missed=cov["missed"], unsupported=_summary(unsupported),
-                       reachable=reachable, status=status)
+            verdict = cov.verdict
+            # the table keeps missed ReLU calls apart from other partial coverage: they are a CT bug to fix
+            status = "missed" if verdict == "partial" and cov.missed else verdict
+            row.update(relu_modules=cov.relu_modules, relu_functional=cov.relu_functional,
+                       leaky_relu=cov.leaky_relu, missed=cov.missed, unsupported=_summary(cov.unsupported),
+                       reachable=verdict != "none" and not cov.missed, status=status, coverage=cov)
         finally:
             del model
             gc.collect()

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ctrobust.attacks import ATTACKS, attack_order
+
 __all__ = ["plot_runs"]
 
-_ATTACK_COLORS = {"apgd-ce": "#4c72b0", "apgd-t": "#55a868", "fab-t": "#c44e52", "square": "#8172b2",
-                  "apgd-dlr": "#ccb974", "fab": "#64b5cd"}
+#: plot colour per attack, from the registry (:attr:`ctrobust.attacks.AttackSpec.color`).
+_ATTACK_COLORS = {name: spec.color for name, spec in ATTACKS.items()}
 
 
 def _per_beta(rows: list[dict], key: str):
@@ -74,7 +76,8 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
         ax.plot([1.0], [100 * _per_beta(rows, "robust")[1][-1]], marker="*", ms=12, color=c, mec="k",
                 zorder=5, label="beta = 1 (original model)" if i == 0 else None)
         if i == 0:
-            attacks = [k[len("broken_"):] for k in r0 if k.startswith("broken_")]
+            # stacked in run order (the registry's), whatever the column order of results.json
+            attacks = attack_order([k[len("broken_"):] for k in r0 if k.startswith("broken_")])
             betas = sorted({r["beta"] for r in rows})
             width = (min(np.diff(betas)) if len(betas) > 1 else 0.01) * 0.8
             bottom = np.zeros(len(betas))

@@ -1,12 +1,17 @@
 """Run directories: unit keys, atomic writes, and loading results as tables.
 
-A run dir holds::
+The store owns the whole layout of a run dir; no other module opens its files by name::
 
-    config.yaml          the resolved SweepConfig + an ``_experiment`` block (data hash, versions, key)
-    units/<key>.npz      one finished work unit (beta, seed, example chunk): per-example arrays + meta
-    outcomes.npz         all units merged: one row per (example, beta, seed)
-    results.csv/.json    one row per (beta, seed)
-    figures/             plots regenerated from the stored results
+    config.yaml              the resolved SweepConfig + an ``_experiment`` block (data hash, versions, key)
+    plan.json                every planned unit (:class:`PlanEntry`), written before units run
+    units/<key>.npz          one finished work unit (beta, seed, example chunk): per-example arrays + meta
+    units/<item>.lock        a work item's claim (exclusive ``flock``; released by the kernel on death)
+    units/<item>.failed      a work item's failed attempts (:class:`Failure`)
+    outcomes.npz             all units merged: one row per (example, beta, seed)
+    results.csv/.json        one row per (beta, seed) (rows built by :mod:`ctrobust.results`)
+    figures/                 plots regenerated from the stored results
+
+:func:`read_status` reads all of it into a typed :class:`RunStatus` (done / running / pending / failed).
 
 Every write goes to a temporary file in the same folder and is renamed into place (``os.replace``), so a
 killed process leaves either the previous file or the new one, never half of one. A unit's key hashes
@@ -18,22 +23,30 @@ with the list of differences instead of being resumed.
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import hashlib
 import io
 import json
 import os
+import socket
 import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from ctrobust.config import ConfigError, SweepConfig
+from ctrobust.config import SweepConfig
+from ctrobust.errors import ConfigError
 
-__all__ = ["RunMismatchError", "RunDir", "package_versions", "stable_hash", "atomic_write_bytes",
-           "atomic_write_text", "load_outcomes", "load_results", "load_config", "OUTCOME_FIELDS",
-           "RESULT_FIELDS"]
+__all__ = ["RunMismatchError", "RunDir", "PlanEntry", "Failure", "RunStatus", "package_versions", "stable_hash",
+           "atomic_write_bytes", "atomic_write_text", "load_outcomes", "load_results", "load_config",
+           "merge_units", "read_plan", "read_status", "claim", "is_claimed", "OUTCOME_FIELDS", "RESULT_FIELDS",
+           "UNIT_STATES"]
 
 OUTCOME_FIELDS = ("id", "label", "beta", "seed", "clean_correct", "robust", "broken_by", "grad_zero",
                   "grad_nonfinite", "transfer_broken")
@@ -102,10 +115,16 @@ def _npz_bytes(arrays: dict) -> bytes:
     return buf.getvalue()
 
 
-def _diff(old: dict, new: dict) -> list[str]:
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``setting: old (run) vs new (now)`` for every differing setting; nested settings by dotted name
+    (``attacks.eot_iter: 1 (run) vs 20 (now)``)."""
     out = []
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+            continue
+        k = f"{prefix}{k}"
         if stable_hash(a) != stable_hash(b):
             def show(v):
                 s = json.dumps(v) if not isinstance(v, str) else v
@@ -128,6 +147,7 @@ class RunDir:
         self.cfg = cfg
         self.experiment = {**cfg.determining(), "data_hash": data_hash, "versions": package_versions()}
         self.key = stable_hash(self.experiment)
+        self._whole: dict[str, tuple] = {}  # unit key -> (size, mtime, inode) of the file found whole
 
     @property
     def units_dir(self) -> Path:
@@ -203,16 +223,25 @@ class RunDir:
         return self.units_dir / f"{key}.npz"
 
     def has_unit(self, key: str) -> bool:
-        """True if this experiment's unit ``key`` is finished (reads only its metadata)."""
+        """True if this experiment's unit ``key`` is finished: its file is whole (every array readable,
+        zip checksums included) and its metadata names this unit of this experiment.
+
+        Workers poll this for every unit, so a file found whole is remembered by its size and mtime and
+        read again only when it changes.
+        """
         p = self.unit_path(key)
-        if not p.exists():
-            return False
         try:
-            with np.load(p, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-        except (OSError, ValueError, KeyError):
-            return False  # unreadable: treated as missing and rewritten atomically
-        return meta.get("key") == key and meta.get("experiment") == self.key
+            st = p.stat()
+        except FileNotFoundError:
+            return False
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if self._whole.get(key) == stamp:
+            return True
+        got = _read_npz(p)
+        ok = got is not None and got[1].get("key") == key and got[1].get("experiment") == self.key
+        if ok:
+            self._whole[key] = stamp
+        return ok
 
     def write_unit(self, key: str, arrays: dict, meta: dict) -> None:
         """Atomically write one finished unit (arrays: per-example; meta: JSON-serialisable)."""
@@ -222,15 +251,232 @@ class RunDir:
 
     def read_unit(self, key: str):
         """Return ``(arrays, meta)`` of a finished unit, or None if absent or not this experiment's."""
-        p = self.unit_path(key)
-        if not p.exists():
+        got = _read_npz(self.unit_path(key))
+        if got is None:
             return None
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files if k != "meta"}
-            meta = json.loads(str(z["meta"]))
+        arrays, meta = got
         if meta.get("key") != key or meta.get("experiment") != self.key:
             return None
         return arrays, meta
+
+    # -- plan, claims, failures ------------------------------------------------------------------
+    def write_plan(self, entries: "list[PlanEntry]") -> None:
+        """``plan.json``: every planned unit (read by :func:`read_status`)."""
+        atomic_write_text(self.path / "plan.json", json.dumps({"units": [asdict(e) for e in entries]}))
+
+    def lock_path(self, item: str) -> Path:
+        return self.units_dir / f"{item}.lock"
+
+    def claim(self, item: str):
+        """Context manager: try to claim work item ``item``; yields True if this process holds it."""
+        return claim(self.lock_path(item))
+
+    def failure(self, item: str) -> "Failure":
+        """The failed attempts recorded for work item ``item`` (attempts 0 if none)."""
+        return _read_failure(self.units_dir / f"{item}.failed")
+
+    def record_failure(self, item: str, exc: BaseException) -> "Failure":
+        """Count one more failed attempt of ``item`` (atomically) and return the record."""
+        old = self.failure(item)
+        f = Failure(attempts=old.attempts + 1, error=f"{type(exc).__name__}: {exc}".splitlines()[0],
+                    host=socket.gethostname(), pid=os.getpid(), time=time.time())
+        atomic_write_text(self.units_dir / f"{item}.failed", json.dumps(asdict(f)))
+        return f
+
+    def clear_failure(self, item: str) -> None:
+        (self.units_dir / f"{item}.failed").unlink(missing_ok=True)
+
+    # -- merged results --------------------------------------------------------------------------
+    def read_units(self) -> list[tuple[dict, dict]]:
+        """``(arrays, meta)`` of every finished unit of this experiment (unreadable files skipped)."""
+        return _read_all_units(self.path, self.key)
+
+    def write_outcomes(self, outcomes: dict) -> None:
+        atomic_write_bytes(self.path / "outcomes.npz", _npz_bytes(outcomes))
+
+    def write_results(self, rows: list[dict], doc: dict) -> None:
+        """``results.json`` (``doc`` plus the rows) and ``results.csv`` (one line per row; floats as %.6g)."""
+        atomic_write_text(self.path / "results.json", json.dumps({**doc, "rows": rows}, indent=1, default=float))
+        buf = io.StringIO()
+        if rows:
+            fields = [k for k in rows[0] if k != "warnings"]
+            w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        atomic_write_text(self.path / "results.csv", buf.getvalue())
+
+
+def _read_npz(p: Path):
+    """``(arrays, meta)`` of a unit file, or None if it is missing, torn or not a unit file."""
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if "meta" not in z.files:
+                return None
+            meta = json.loads(str(z["meta"]))
+            arrays = {k: z[k] for k in z.files if k != "meta"}
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - a torn or foreign file counts as missing and is rewritten atomically
+        return None
+    return (arrays, meta) if isinstance(meta, dict) else None
+
+
+def _unit_meta(p: Path) -> dict | None:
+    """A unit file's metadata only (cheap: workers poll it), or None if missing or unreadable."""
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - torn / corrupt / foreign: treated as missing
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+# -------------------------------------------------------------------------------------------------
+# Plan, claims and failures: typed records of the run dir's bookkeeping files
+# -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One planned unit: its key, beta, seed, example chunk, number of examples and work item."""
+
+    key: str
+    beta: float
+    seed: int
+    chunk: int
+    n: int
+    item: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Failed attempts of one work item (``units/<item>.failed``)."""
+
+    attempts: int = 0
+    error: str = ""
+    host: str = ""
+    pid: int = 0
+    time: float = 0.0
+
+
+def _read_failure(p: Path) -> Failure:
+    try:
+        d = json.loads(p.read_text())
+    except FileNotFoundError:
+        return Failure()
+    except (OSError, ValueError):  # a torn record still counts as one attempt
+        return Failure(attempts=1, error="unreadable failure record")
+    return Failure(**{k: d[k] for k in ("attempts", "error", "host", "pid", "time") if k in d})
+
+
+@contextmanager
+def claim(path: Path):
+    """Try to claim a work item; yields True if this process holds it (released on exit or death).
+
+    An exclusive, non-blocking ``flock`` on ``path``: two processes never hold it at once, and the kernel
+    releases it when the holder dies (even by SIGKILL). Works on local disks and NFSv4; on Lustre mount
+    with ``flock``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                yield False
+                return
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode())
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def is_claimed(path: Path) -> bool:
+    """True if some live process holds the claim on ``path``."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def read_plan(run_dir) -> list[PlanEntry]:
+    """The planned units of a run dir (``ConfigError`` if the sweep has not planned yet)."""
+    p = Path(run_dir) / "plan.json"
+    if not p.exists():
+        raise ConfigError(f"{run_dir}: no plan.json yet (the sweep has not started its units)")
+    return [PlanEntry(**u) for u in json.loads(p.read_text())["units"]]
+
+
+#: the states of a planned unit, in display order.
+UNIT_STATES = ("done", "running", "pending", "failed")
+
+
+@dataclass
+class RunStatus:
+    """Where a run dir stands.
+
+    Attributes:
+        run_dir: the run directory.
+        plan: every planned unit (:class:`PlanEntry`).
+        state: unit key -> one of :data:`UNIT_STATES`.
+        failures: work item -> its :class:`Failure` (items with at least one failed attempt).
+        unit_seconds: seconds of each finished unit (for an ETA).
+    """
+
+    run_dir: Path
+    plan: list
+    state: dict
+    failures: dict = field(default_factory=dict)
+    unit_seconds: list = field(default_factory=list)
+
+    def count(self, state: str) -> int:
+        return sum(1 for v in self.state.values() if v == state)
+
+    @property
+    def running_items(self) -> int:
+        return len({u.item for u in self.plan if self.state[u.key] == "running"})
+
+
+def read_status(run_dir) -> RunStatus:
+    """Read a run dir's plan, units, claims and failures into a :class:`RunStatus` (reads only)."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir)
+    plan = read_plan(run_dir)
+    udir = run_dir / "units"
+    state, secs = {}, []
+    for u in plan:
+        meta = _unit_meta(udir / f"{u.key}.npz")
+        if meta is not None and meta.get("key") == u.key:
+            state[u.key] = "done"
+            if isinstance(meta.get("seconds"), (int, float)):
+                secs.append(float(meta["seconds"]))
+        elif is_claimed(udir / f"{u.item}.lock"):
+            state[u.key] = "running"
+        elif _read_failure(udir / f"{u.item}.failed").attempts > cfg.max_retries:
+            state[u.key] = "failed"
+        else:
+            state[u.key] = "pending"
+    failures = {f.stem: _read_failure(f) for f in sorted(udir.glob("*.failed"))}
+    return RunStatus(run_dir, plan, state, failures, secs)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -246,11 +492,10 @@ def _pid_alive(pid: int) -> bool:
 def _read_all_units(run_dir: Path, experiment_key: str | None):
     units = []
     for p in sorted((run_dir / "units").glob("*.npz")):
-        with np.load(p, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if experiment_key is not None and meta.get("experiment") != experiment_key:
-                continue
-            units.append(({k: z[k] for k in z.files if k != "meta"}, meta))
+        got = _read_npz(p)
+        if got is None or (experiment_key is not None and got[1].get("experiment") != experiment_key):
+            continue
+        units.append(got)
     return units
 
 
@@ -308,57 +553,3 @@ def merge_units(units) -> tuple[dict, list[dict]]:
     order = np.lexsort((out["id"], -out["beta"], out["seed"]))
     return {k: v[order] for k, v in out.items()}, [m for _, m in units]
 
-
-def write_results(run: RunDir, coverage: dict) -> list[dict]:
-    """Merge all finished units of ``run`` into outcomes.npz, results.csv and results.json."""
-    from ctrobust.stats import wilson_interval
-
-    outcomes, metas = merge_units(_read_all_units(run.path, run.key))
-    atomic_write_bytes(run.path / "outcomes.npz", _npz_bytes(outcomes))
-    cfg = run.cfg
-    attacks = cfg.attack_list
-    rows = []
-    for seed in cfg.seeds:
-        for beta in cfg.betas:
-            m = (outcomes["seed"] == seed) & (outcomes["beta"] == beta)
-            n = int(m.sum())
-            if n == 0:
-                continue
-            um = [u for u in metas if u["seed"] == seed and u["beta"] == beta]
-            k_clean, k_rob = int(outcomes["clean_correct"][m].sum()), int(outcomes["robust"][m].sum())
-            clo, chi = wilson_interval(k_clean, n)
-            rlo, rhi = wilson_interval(k_rob, n)
-            row = {"model": cfg.model, "dataset": cfg.dataset, "threat": cfg.threat, "eps": cfg.eps,
-                   "beta": beta, "coeff": cfg.coeff, "seed": seed, "n": n,
-                   "clean_acc": k_clean / n, "clean_lo": clo, "clean_hi": chi,
-                   "robust_acc": k_rob / n, "robust_lo": rlo, "robust_hi": rhi}
-            for a in attacks:
-                row[f"broken_{a}"] = int((outcomes["broken_by"][m] == a).sum())
-            row["grad_zero_frac"] = float(outcomes["grad_zero"][m].mean())
-            row["grad_nonfinite_frac"] = float(outcomes["grad_nonfinite"][m].mean())
-            row["transfer_only"] = int((outcomes["robust"][m] & outcomes["transfer_broken"][m]).sum())
-            for k, v in coverage.items():
-                if k != "unsupported":
-                    row[f"ct_{k}"] = v
-            row["ct_unsupported"] = ";".join(f"{k} x {v}" for k, v in coverage.get("unsupported", {}).items())
-            row["seconds"] = round(sum(u["seconds"] for u in um), 3)
-            row["forward_passes"] = sum(u["forward_passes"] for u in um)
-            row["backward_passes"] = sum(u["backward_passes"] for u in um)
-            row["device"] = ",".join(sorted({u["device"] for u in um}))
-            row["batch_size"] = max(u["batch_size"] for u in um)
-            row["engine"] = cfg.engine
-            row["attacks"] = cfg.attacks
-            row["complete"] = n == (cfg.n_examples or n)
-            row["warnings"] = sorted({w for u in um for w in u.get("warnings", [])})
-            rows.append(row)
-    doc = {"experiment": run.experiment, "key": run.key, "coverage": coverage, "rows": rows}
-    atomic_write_text(run.path / "results.json", json.dumps(doc, indent=1, default=float))
-    buf = io.StringIO()
-    if rows:
-        fields = [k for k in rows[0] if k != "warnings"]
-        w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(run.path / "results.csv", buf.getvalue())
-    return rows

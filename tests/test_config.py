@@ -83,3 +83,32 @@ def test_unknown_yaml_key_is_an_error_with_suggestion(tmp_path):
 def test_validate_rejects_bad_values(field, value):
     with pytest.raises(ConfigError):
         SweepConfig(**{field: value}).validate()
+
+
+def test_attack_suites_carry_every_parameter_into_the_key():
+    from ctrobust.attacks import SUITES, parse_suite
+
+    rand = SweepConfig(model="m", attacks="rand").validate()
+    plain = SweepConfig(model="m", attacks="apgd-ce,apgd-dlr").validate()
+    assert rand.attack_list == plain.attack_list == ["apgd-ce", "apgd-dlr"]
+    assert rand.determining()["attacks"]["eot_iter"] == 20 and plain.determining()["attacks"]["eot_iter"] == 1
+    assert rand.determining() != plain.determining()
+    # a list that spells out a named suite is that suite
+    assert parse_suite("apgd-ce, apgd-t, fab-t, square") is SUITES["standard"]
+    assert SweepConfig(model="m", attacks="apgd-ce apgd-t fab-t square").validate().attacks == "standard"
+    with pytest.raises(ConfigError, match="combined"):
+        SweepConfig(model="m", attacks="rand,square").validate()
+    with pytest.raises(ConfigError, match="twice"):
+        SweepConfig(model="m", attacks="square,square").validate()
+
+
+def test_names_are_canonicalized_by_their_owners():
+    from ctrobust.data import parse_dataset
+
+    cfg = SweepConfig(model="m", dataset="CIFAR-10", threat="linf", subset="Balanced", data="BUNDLED").validate()
+    assert (cfg.dataset, cfg.threat, cfg.subset, cfg.data) == ("cifar10", "Linf", "balanced", "bundled")
+    assert cfg.dataset == parse_dataset("cifar-10")
+    for bad, needle in ((dict(dataset="cifar11"), "cifar10"), (dict(threat="L1"), "L2"),
+                        (dict(subset="balance"), "balanced"), (dict(data="ful"), "full")):
+        with pytest.raises(ConfigError, match=needle):
+            SweepConfig(model="m", **bad).validate()

@@ -3,7 +3,8 @@
 Issue 2 ("Done when"): phi's limits and branches, gradients, validation, coverage of each ReLU form on
 tiny models, model plumbing (no_grad, grads, .to, deepcopy, wrappers), no mutation of the original,
 per-example beta, the two reference networks (pyautoattack ResNet-18, RobustBench Standard WRN-28-10)
-and activation_curves.
+and activation_curves. Then: every kernel path on the same inputs (``fused`` only on CUDA), the typed
+``Coverage`` (verdict, legacy dict), and the ``modules`` scope of the CT reference code.
 """
 
 from __future__ import annotations
@@ -17,8 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.functional import relu as relu_alias  # bound at import time, before any apply_ct
 
+from ctrobust._registry import UnknownNameError
 from ctrobust.ct import (
     EPS,
+    KERNEL_PATHS,
+    SCOPES,
+    VERDICTS,
+    Coverage,
     CTActivation,
     CTCoverageError,
     CTModel,
@@ -28,7 +34,10 @@ from ctrobust.ct import (
     ct_coverage,
     ct_phi,
     get_beta,
+    get_kernel_path,
+    kernel_path,
     set_beta,
+    set_kernel_path,
 )
 
 # ---------------------------------------------------------------------------------------------------
@@ -307,8 +316,9 @@ def test_coverage_each_relu_form(form):
     net, n_mod, n_fun = _build(form)
     x = torch.randn(5, 8)
     cov = ct_coverage(net, x)
-    assert cov == {"relu_modules": n_mod, "relu_functional": n_fun, "leaky_relu": 0, "missed": 0,
-                   "unsupported": {}}
+    assert cov.to_dict() == {"relu_modules": n_mod, "relu_functional": n_fun, "leaky_relu": 0, "missed": 0,
+                             "unsupported": {}}
+    assert cov.verdict == "full" and cov.tuned == n_mod + n_fun and cov.untouched == 0
     with torch.no_grad():
         ref = net(x)
         tuned = apply_ct(net, 0.7)(x)
@@ -345,7 +355,7 @@ def test_leaky_relu_module_and_functional(functional):
     net = LeakyNet(functional).eval()
     x = torch.randn(5, 8)
     cov = ct_coverage(net, x)
-    assert cov["leaky_relu"] == 2 and cov["missed"] == 0 and cov["relu_modules"] + cov["relu_functional"] == 0
+    assert cov.leaky_relu == 2 and cov.missed == 0 and cov.relu_modules + cov.relu_functional == 0
     with torch.no_grad():
         assert torch.equal(apply_ct(net, 1.0)(x), net(x))
         out = apply_ct(net, 0.7)(x)
@@ -376,7 +386,8 @@ class SiLUNet(nn.Module):
 def test_silu_only_model_refused(functional):
     net = SiLUNet(functional).eval()
     x = torch.randn(2, 8)
-    assert ct_coverage(net, x)["unsupported"] == {"SiLU": 2}
+    cov = ct_coverage(net, x)
+    assert cov.unsupported == {"SiLU": 2} and cov.verdict == "none" and cov.tuned == 0
     with pytest.raises(CTCoverageError, match="SiLU x 2"):
         apply_ct(net, 0.9, example_input=x)
     # without an example input: refused at apply_ct (modules) or at the first forward (functional)
@@ -394,7 +405,8 @@ def test_custom_swish_counted_as_unsupported():
     net = nn.Sequential(nn.Linear(8, 8), Swish(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), Swish())
     x = torch.randn(2, 8)
     cov = ct_coverage(net, x)
-    assert cov["unsupported"] == {"Swish": 2} and cov["relu_modules"] == 1 and cov["missed"] == 0
+    assert cov.unsupported == {"Swish": 2} and cov.relu_modules == 1 and cov.missed == 0
+    assert cov.verdict == "partial"
     swish_only = nn.Sequential(nn.Linear(8, 8), Swish(), nn.Linear(8, 8), Swish())
     with pytest.raises(CTCoverageError, match="Swish x 2"):
         apply_ct(swish_only, 0.9, example_input=x)
@@ -516,7 +528,7 @@ def test_wrapped_models(convnet, wrap):
     model.eval()
     x = torch.rand(2, 3, 8, 8)
     cov = ct_coverage(model, x)
-    assert (cov["relu_modules"], cov["relu_functional"], cov["missed"]) == (1, 1, 0)
+    assert (cov.relu_modules, cov.relu_functional, cov.missed) == (1, 1, 0)
     with torch.no_grad():
         ref = model(x)
         assert torch.equal(apply_ct(model, 1.0)(x), ref)
@@ -608,7 +620,11 @@ def wrn_standard():
 def test_pyautoattack_resnet18(resnet18):
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     cov = ct_coverage(resnet18, x[:1])
-    assert cov == {"relu_modules": 0, "relu_functional": 17, "leaky_relu": 0, "missed": 0, "unsupported": {}}
+    assert cov.to_dict() == {"relu_modules": 0, "relu_functional": 17, "leaky_relu": 0, "missed": 0,
+                             "unsupported": {}}
+    # the CT reference code's scope (modules only) leaves every ReLU of this network untouched
+    ref_scope = ct_coverage(resnet18, x[:1], scope="modules")
+    assert (ref_scope.tuned, ref_scope.untouched, ref_scope.missed, ref_scope.verdict) == (0, 17, 0, "none")
     ct = apply_ct(resnet18, 1.0)
     with torch.no_grad():
         ref = resnet18(x)
@@ -623,7 +639,8 @@ def test_pyautoattack_resnet18(resnet18):
 def test_robustbench_standard_wrn(wrn_standard):
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     cov = ct_coverage(wrn_standard, x)
-    assert cov == {"relu_modules": 25, "relu_functional": 0, "leaky_relu": 0, "missed": 0, "unsupported": {}}
+    assert cov.to_dict() == {"relu_modules": 25, "relu_functional": 0, "leaky_relu": 0, "missed": 0,
+                             "unsupported": {}}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -647,6 +664,340 @@ def test_activation_curves():
                                                              0.7, 0.2).numpy(), atol=1e-12)
     with pytest.raises(ValueError):
         activation_curves([1.5])
+
+
+# ---------------------------------------------------------------------------------------------------
+# kernel paths: the same inputs through every path
+# ---------------------------------------------------------------------------------------------------
+
+# (path, device): every path on the CPU; on a CUDA device also fused (its only home) and the other two
+PATH_DEVICES = [
+    pytest.param("aten", "cpu", id="aten-cpu"),
+    pytest.param("formula", "cpu", id="formula-cpu"),
+    pytest.param("fused", "cuda", id="fused-cuda", marks=pytest.mark.gpu),
+    pytest.param("aten", "cuda", id="aten-cuda", marks=pytest.mark.gpu),
+    pytest.param("formula", "cuda", id="formula-cuda", marks=pytest.mark.gpu),
+]
+PATH_BETAS = [1e-6, 0.01, 0.3, 0.7, 0.9, 0.99, 0.999, 1 - 1e-6]
+PATH_COEFFS = [0.0, 0.3, 0.5, 1.0]
+
+
+def plain_ct(x: torch.Tensor, beta, c: float, a: float) -> torch.Tensor:
+    """The written-out formula (float64 reference), LeakyReLU form included; beta may be per row."""
+    if isinstance(beta, torch.Tensor):
+        beta = beta.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
+    d = 1.0 - beta + EPS
+    phi = c * torch.sigmoid(beta * x / d) * x + (1.0 - c) * d * F.softplus(x / d, threshold=50)
+    return a * x + (1.0 - a) * phi
+
+
+def _path_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 points (dense around 0, far tails, signed zeros, tiny values) and an upstream gradient."""
+    x = torch.cat([torch.linspace(-30, 30, 6001), torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e3, -1e3, 1e4, -1e4])])
+    up = torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) + 0.5
+    return x, up
+
+
+def _value_and_grad(x, up, beta, c, a, path, dev):
+    xs = x.to(dev).requires_grad_(True)
+    y = ct_phi(xs, beta.to(dev) if isinstance(beta, torch.Tensor) else beta, c, a, kernel=path)
+    (g,) = torch.autograd.grad(y, xs, up.to(dev))
+    return y.detach().cpu(), g.cpu()
+
+
+def _assert_float32_close(y, g, ref, gref, x):
+    # phi grows like |x|: its float32 error is relative to 1 + |x|; phi' lies in [-0.1, 1.1]
+    assert ((y.double() - ref) / (1 + x.double().abs())).abs().max().item() < 2e-6
+    assert (g.double() - gref).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("path, device", PATH_DEVICES)
+@pytest.mark.parametrize("a", [0.0, 0.1])
+def test_kernel_paths_agree_with_the_formula(path, device, a):
+    x, up = _path_inputs()
+    for beta in PATH_BETAS:
+        xr = x.double().requires_grad_(True)
+        for c in PATH_COEFFS:
+            ref = plain_ct(xr, beta, c, a)
+            (gref,) = torch.autograd.grad(ref, xr, up.double())
+            y, g = _value_and_grad(x, up, beta, c, a, path, device)
+            assert y.dtype == torch.float32 and torch.isfinite(y).all() and torch.isfinite(g).all()
+            _assert_float32_close(y, g, ref.detach(), gref, x)
+    # beta = 1 is the original op, bit for bit, values and gradients, on every path
+    y, g = _value_and_grad(x, up, 1.0, 0.5, a, path, device)
+    xr = x.clone().requires_grad_(True)
+    base = F.leaky_relu(xr, a) if a else F.relu(xr)
+    (gb,) = torch.autograd.grad(base, xr, up)
+    assert torch.equal(y, base.detach()) and torch.equal(g, gb)
+
+
+@pytest.mark.parametrize("path, device", PATH_DEVICES)
+def test_kernel_paths_agree_per_example(path, device):
+    betas = torch.tensor([1.0, 0.9, 0.3, 0.99, 1e-6, 1.0, 1 - 1e-6, 0.7])
+    x = torch.linspace(-12, 12, 8 * 801).reshape(8, 801)
+    up = torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) + 0.5
+    for a in (0.0, 0.2):
+        y, g = _value_and_grad(x, up, betas, 0.4, a, path, device)
+        xr = x.double().requires_grad_(True)
+        ref = plain_ct(xr, betas.double(), 0.4, a)
+        (gref,) = torch.autograd.grad(ref, xr, up.double())
+        rows = betas < 1
+        _assert_float32_close(y[rows], g[rows], ref.detach()[rows], gref[rows], x[rows])
+        exact = F.leaky_relu(x[~rows], a) if a else F.relu(x[~rows])
+        assert torch.equal(y[~rows], exact)
+
+
+@pytest.mark.parametrize("path, device", PATH_DEVICES)
+def test_kernel_paths_on_a_model(convnet, path, device):
+    dev = torch.device(device)
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    net = copy.deepcopy(convnet).to(dev)
+    x = x.to(dev)
+    # the reference runs on the same device (so convolutions round alike, TF32 or not) with another path
+    other = "formula" if path != "formula" else "aten"
+    for beta in (0.3, 0.9, 0.99, torch.tensor([1.0, 0.9, 0.5])):
+        b = beta.to(dev) if isinstance(beta, torch.Tensor) else beta
+        ct, ref = apply_ct(net, b, kernel=path), apply_ct(net, b, kernel=other)
+        assert all(m.kernel == path for m in ct.modules() if isinstance(m, CTActivation))
+        with torch.no_grad():
+            torch.testing.assert_close(ct(x), ref(x), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(input_grad(ct, x), input_grad(ref, x), atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        assert torch.equal(apply_ct(net, 1.0, kernel=path)(x), net(x))
+
+
+@pytest.mark.parametrize("path, device", PATH_DEVICES)
+def test_kernel_paths_inplace(path, device):
+    dev = torch.device(device)
+    base = torch.randn(4, 50, generator=torch.Generator().manual_seed(0)).to(dev) * 4
+    act = CTActivation(0.8, inplace=True, kernel=path).to(dev)
+    x = base.clone()
+    assert act(x) is x
+    torch.testing.assert_close(x, ct_phi(base, 0.8, kernel=path))
+    leaf = base.clone().requires_grad_(True)
+    h = leaf * 1.0
+    assert act(h) is h
+    (g,) = torch.autograd.grad(h.sum(), leaf)
+    ref = base.clone().requires_grad_(True)
+    (gr,) = torch.autograd.grad(ct_phi(ref, 0.8, kernel=path).sum(), ref)
+    torch.testing.assert_close(g, gr)
+
+
+def test_formula_path_double_backward_matches_aten():
+    x = (torch.randn(4, 6, dtype=torch.float64) * 3).requires_grad_(True)
+    betas = torch.tensor([1.0, 0.9, 0.6, 0.3], dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(lambda t: ct_phi(t, betas, kernel="formula"), (x,))
+    second = {}
+    for path in ("aten", "formula"):
+        (g,) = torch.autograd.grad(ct_phi(x, 0.8, 0.3, 0.1, kernel=path).sum(), x, create_graph=True)
+        (second[path],) = torch.autograd.grad(g.sum(), x)
+    torch.testing.assert_close(second["formula"], second["aten"], atol=1e-10, rtol=1e-8)
+
+
+def _ran_custom_function(y: torch.Tensor) -> bool:
+    return "_CTFunction" in type(y.grad_fn).__name__
+
+
+def test_kernel_path_selection():
+    assert KERNEL_PATHS == ("fused", "aten", "formula") and get_kernel_path() in KERNEL_PATHS
+    x = torch.linspace(-3, 3, 61).requires_grad_(True)
+    act = CTActivation(0.8)
+    pinned = CTActivation(0.8, kernel="formula")
+    assert "kernel=formula" in repr(pinned)
+    before = get_kernel_path()
+    with kernel_path("aten") as name:
+        assert name == get_kernel_path() == "aten"
+        assert _ran_custom_function(act(x)) and not _ran_custom_function(pinned(x))  # pinned wins
+        with kernel_path("formula"):
+            assert not _ran_custom_function(act(x))  # the cached spec follows the path
+        assert _ran_custom_function(act(x))
+    assert get_kernel_path() == before
+    # "fused" on the CPU is the aten path, as before paths existed: same graph, same bits
+    fused, aten = ct_phi(x, 0.8, kernel="fused"), ct_phi(x, 0.8, kernel="aten")
+    assert _ran_custom_function(fused) and torch.equal(fused, aten)
+    previous = set_kernel_path("formula")
+    try:
+        assert previous == before and get_kernel_path() == "formula"
+        assert not _ran_custom_function(act(x)) and not _ran_custom_function(ct_phi(x, 0.8))
+        with pytest.raises(RuntimeError, match="boom"), kernel_path("aten"):
+            raise RuntimeError("boom")
+        assert get_kernel_path() == "formula"  # restored after an error too
+    finally:
+        set_kernel_path(previous)
+
+
+def test_kernel_path_default_from_environment(monkeypatch):
+    from ctrobust.ct import _kernels
+
+    for value, expected in (("0", "aten"), ("off", "aten"), ("1", "fused"), ("", "fused")):
+        monkeypatch.setenv("CTROBUST_CT_FUSED", value)
+        assert _kernels._initial_path() == expected
+    monkeypatch.delenv("CTROBUST_CT_FUSED")
+    assert _kernels._initial_path() == "fused"
+
+
+@pytest.mark.parametrize("call", [
+    lambda: set_kernel_path("fusd"),
+    lambda: kernel_path("fusd").__enter__(),
+    lambda: ct_phi(torch.zeros(2), 0.9, kernel="fusd"),
+    lambda: CTActivation(0.9, kernel="fusd"),
+    lambda: apply_ct(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), 0.9, kernel="fusd"),
+])
+def test_unknown_kernel_path_suggests(call):
+    before = get_kernel_path()
+    with pytest.raises(UnknownNameError, match="did you mean 'fused'"):
+        call()
+    assert get_kernel_path() == before
+    assert issubclass(UnknownNameError, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the Coverage type
+# ---------------------------------------------------------------------------------------------------
+
+
+def _legacy_status(d: dict) -> str:
+    """The rule models.coverage_table applied to the legacy dict (its "missed" status is a partial)."""
+    if d["relu_modules"] + d["relu_functional"] + d["leaky_relu"] == 0:
+        return "none"
+    if d["missed"] or d["unsupported"]:
+        return "partial"
+    return "full"
+
+
+def test_coverage_verdict_is_the_legacy_rule():
+    import itertools
+
+    for rm, rf, lk, mi, un in itertools.product((0, 2), (0, 3), (0, 1), (0, 1), ({}, {"SiLU": 1})):
+        cov = Coverage(rm, rf, lk, mi, un)
+        assert cov.verdict == _legacy_status(cov.to_dict()) and cov.verdict in VERDICTS
+        assert cov.tuned == rm + rf + lk and cov.untouched == 0
+    # a scope that leaves ReLUs untouched is partial while it tunes some, none when it tunes none
+    assert Coverage(1, 2, 0, 0, {}, scope="modules", untouched=2).verdict == "partial"
+    assert Coverage(0, 17, 0, 0, {}, scope="modules", untouched=17).verdict == "none"
+
+
+def test_coverage_legacy_dict_and_records():
+    import dataclasses
+    import json
+    import pickle
+
+    net = nn.Sequential(nn.Linear(8, 8), Swish(), nn.Linear(8, 8), nn.ReLU(), nn.SiLU(), nn.Linear(8, 8), Swish())
+    cov = ct_coverage(net, torch.randn(2, 8))
+    assert isinstance(cov, Coverage) and cov.scope == "all" and cov.untouched == 0
+    legacy = cov.to_dict()
+    assert list(legacy) == ["relu_modules", "relu_functional", "leaky_relu", "missed", "unsupported"]
+    assert json.dumps(legacy) == ('{"relu_modules": 1, "relu_functional": 0, "leaky_relu": 0, "missed": 0, '
+                                  '"unsupported": {"SiLU": 1, "Swish": 2}}')
+    legacy["unsupported"]["SiLU"] = 99  # a copy: the record does not change
+    assert cov.unsupported == {"SiLU": 1, "Swish": 2}
+    rec = cov.as_record()
+    assert rec == {**cov.to_dict(), "scope": "all", "untouched": 0}
+    # round trips: through JSON (results.json), the full record, pickle; frozen and hashable
+    assert Coverage.from_dict(json.loads(json.dumps(cov.to_dict()))) == cov
+    mod = Coverage(1, 2, 0, 0, {}, scope="modules", untouched=2)
+    assert Coverage.from_dict(json.loads(json.dumps(mod.as_record()))) == mod
+    assert "scope" not in mod.to_dict() and "untouched" not in mod.to_dict()
+    assert pickle.loads(pickle.dumps(cov)) == cov and hash(cov) == hash(Coverage.from_dict(cov.to_dict()))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cov.missed = 1
+
+
+def test_coverage_from_dict_is_tolerant():
+    # a results.csv row (ct_ prefix, strings, summary string) and a coverage_table-style summary
+    row = {"model": "m", "ct_relu_modules": "0", "ct_relu_functional": "17", "ct_leaky_relu": "0",
+           "ct_missed": "0", "ct_unsupported": "SiLU x 2;GELU x 1"}
+    assert Coverage.from_dict(row) == Coverage(0, 17, 0, 0, {"SiLU": 2, "GELU": 1})
+    assert Coverage.from_dict({"relu_modules": 25, "unsupported": "Swish x 67, GELU x 1"}).unsupported == {
+        "Swish": 67, "GELU": 1}
+    assert Coverage.from_dict({"relu_modules": 3.0, "missed": None, "unsupported": None}) == Coverage(3)
+    assert Coverage.from_dict({}) == Coverage() and Coverage().verdict == "none"
+    with pytest.raises(ValueError, match="unsupported"):
+        Coverage.from_dict({"unsupported": "SiLU twice"})
+    with pytest.raises(UnknownNameError, match="did you mean 'modules'"):
+        Coverage.from_dict({"scope": "module"})
+
+
+# ---------------------------------------------------------------------------------------------------
+# scope: "modules" reproduces the CT reference code (module swap only)
+# ---------------------------------------------------------------------------------------------------
+
+
+class MixedNet(nn.Module):
+    """One ``nn.ReLU`` submodule, one ``F.relu`` call and one ``nn.ReLU()`` built inside ``forward``."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.l3, self.l4 = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        h = self.act(self.l1(x))
+        h = F.relu(self.l2(h))
+        h = nn.ReLU()(self.l3(h))  # not a submodule: no module swap reaches it
+        return self.l4(h)
+
+
+def test_scope_modules_tunes_only_relu_modules():
+    assert SCOPES == ("all", "modules")
+    torch.manual_seed(0)
+    net = MixedNet().eval()
+    x = torch.randn(5, 8)
+    mods = ct_coverage(net, x, scope="modules")
+    assert (mods.relu_modules, mods.relu_functional, mods.missed) == (1, 2, 0)
+    assert (mods.tuned, mods.untouched, mods.scope, mods.verdict) == (1, 2, "modules", "partial")
+    assert mods.to_dict() == {"relu_modules": 1, "relu_functional": 2, "leaky_relu": 0, "missed": 0,
+                              "unsupported": {}}  # the legacy dict: no scope columns
+    assert mods.as_record()["untouched"] == 2 and mods.as_record()["scope"] == "modules"
+    full = ct_coverage(net, x)
+    assert (full.tuned, full.untouched, full.missed, full.scope, full.verdict) == (3, 0, 0, "all", "full")
+    assert full.to_dict() == mods.to_dict()
+
+    with torch.no_grad():
+        ref = net(x)
+        ct_mods, ct_all = apply_ct(net, 0.7, scope="modules"), apply_ct(net, 0.7)
+        assert ct_mods.scope == "modules" and ct_all.scope == "all"
+        out_mods, out_all = ct_mods(x), ct_all(x)
+        assert not torch.allclose(out_mods, out_all, atol=1e-4)
+        assert not torch.allclose(out_mods, ref, atol=1e-4)
+        # scope modules = CT on the submodule only, the other two ReLUs as they were
+        beta = float(get_beta(ct_mods))
+        hand = net.l4(F.relu(net.l3(F.relu(net.l2(ct_phi(net.l1(x), beta))))))
+        torch.testing.assert_close(out_mods, hand)
+        assert torch.equal(apply_ct(net, 1.0, scope="modules")(x), ref)
+        assert torch.equal(apply_ct(net, 1.0)(x), ref)
+    g = input_grad(apply_ct(net, 0.7, scope="modules"), x)
+    assert torch.isfinite(g).all() and not torch.allclose(g, input_grad(net, x))
+
+
+def test_scope_modules_on_functional_and_silu_networks():
+    net = FuncNet("F.relu").eval()
+    x = torch.randn(3, 8)
+    cov = ct_coverage(net, x, scope="modules")
+    assert (cov.tuned, cov.untouched, cov.missed, cov.verdict) == (0, 2, 0, "none")
+    ct = apply_ct(net, 0.7, scope="modules", example_input=x)  # accepted: the reference code's behaviour
+    with pytest.warns(RuntimeWarning, match="tunes nothing"):
+        with torch.no_grad():
+            out = ct(x)
+    with torch.no_grad():
+        assert torch.equal(out, net(x))
+    # no ReLU at all is refused whatever the scope
+    with pytest.raises(CTCoverageError, match="SiLU x 2"):
+        apply_ct(SiLUNet(False), 0.9, scope="modules")
+    with pytest.raises(CTCoverageError, match="SiLU x 2"):
+        apply_ct(SiLUNet(True), 0.9, scope="modules")(torch.randn(2, 8))
+    with pytest.raises(CTCoverageError, match="SiLU x 2"):
+        apply_ct(SiLUNet(True), 0.9, scope="modules", example_input=torch.randn(2, 8))
+
+
+@pytest.mark.parametrize("call", [
+    lambda net, x: apply_ct(net, 0.9, scope="module"),
+    lambda net, x: ct_coverage(net, x, scope="Modules"),
+    lambda net, x: CTModel(net, 0.9, scope="moduls"),
+])
+def test_unknown_scope_suggests(call):
+    with pytest.raises(UnknownNameError, match="did you mean 'modules'"):
+        call(MixedNet(), torch.randn(2, 8))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -16,15 +16,20 @@ import pytest
 
 from ctrobust.cli import main
 from ctrobust.config import SweepConfig
-from ctrobust.executors import is_claimed, run_distributed, run_status
-from ctrobust.store import load_outcomes, load_results
+from ctrobust.cli import format_status
+from ctrobust.store import is_claimed, load_outcomes, load_results, read_status
+from ctrobust.sweep import run_sweep
 
 # 4 examples in chunks of 1, baseline + one beta: 8 units in 4 work items
 ARGS = ["--model", "bundled/resnet18-cifar10", "--data", "bundled", "--subset", "first", "--device", "cpu",
         "--n-examples", "4", "--betas", "0.8", "--attacks", "apgd-ce", "--eps", "2/255", "--seeds", "0",
         "--batch-size", "8", "--chunk-size", "1", "--quiet"]
 N_UNITS = 8
-TIMING = ("seconds", "device")
+TIMING = ("seconds", "device", "call_seconds")
+
+
+def run_status(run_dir) -> str:
+    return format_status(read_status(run_dir))
 
 
 def _results(run_dir):
@@ -59,8 +64,8 @@ def test_submitit_local_executor_matches_in_process(local_run, tmp_path):
     given = {k: v for k, v in zip(ARGS[::2], ARGS[1::2])}
     cfg = SweepConfig.from_dict({k.lstrip("-").replace("-", "_"): v for k, v in given.items()
                                  if k != "--quiet"} | {"out": str(out), "executor": "slurm", "workers": 2,
-                                                        "quiet": True}).validate()
-    res = run_distributed(cfg, submitit_cluster="local")
+                                                        "slurm_cluster": "local", "quiet": True}).validate()
+    res = run_sweep(cfg)
     assert res.units_run == N_UNITS
     assert list((out / "slurm").rglob("*_log.out"))  # submitit really ran jobs
     _assert_same_run(local_run, out)
@@ -121,7 +126,7 @@ def test_status_reports_progress_per_beta(local_run, capsys):
 
 def test_failed_item_is_requeued_then_reported(tmp_path, monkeypatch, capsys):
     """A unit that raises is retried up to max_retries, then the sweep fails naming it (exit 1)."""
-    import ctrobust.sweep as sweep_mod
+    import ctrobust.runner as sweep_mod
 
     calls = []
     real = sweep_mod._engine_call

@@ -24,6 +24,7 @@ import torch.nn as nn
 from ctrobust.engines.fast import rng
 from ctrobust.engines.fast._common import AttackContext, ModelCaller, run_attack
 from ctrobust.engines.fast.apgd import APGD, checkpoint_schedule
+from ctrobust.attacks import AttackSuite
 from ctrobust.engines.fast.engine import FastEngine
 from ctrobust.engines.fast.fab import FAB, projection_l2, projection_linf
 from ctrobust.engines.fast.square import eta_pattern, p_selection
@@ -67,10 +68,11 @@ def _ctx(model, x, y, norm, eps, block=None):
     return AttackContext(caller, x, y, torch.arange(n), ones, 0, norm, eps)
 
 
-def _engine_run(engine, model, x, y, norm, eps, attacks, batch_size=64, seed=0):
+def _engine_run(engine, model, x, y, norm, eps, attacks, batch_size=64, seed=0, **params):
     n = x.shape[0]
+    suite = AttackSuite("custom", tuple(attacks), **params)
     return engine.run(model, x, y, ids=torch.arange(n), betas=torch.ones(n, dtype=torch.float64), seed=seed,
-                      threat=norm, eps=eps, attacks=attacks, batch_size=batch_size, device="cpu")
+                      threat=norm, eps=eps, suite=suite, batch_size=batch_size, device="cpu")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -225,7 +227,7 @@ def test_each_attack_lowers_robust_accuracy_inside_the_ball(digits, attack, norm
     model, x, y = digits
     x, y = x[:32], y[:32]
     eps = EPS[norm] * (1.5 if attack == "square" else 1.0)  # Square with 200 queries needs a little more
-    out = _engine_run(FastEngine(**SMALL), model, x, y, norm, eps, [attack], batch_size=16)
+    out = _engine_run(FastEngine(), model, x, y, norm, eps, [attack], batch_size=16, **SMALL)
     clean, rob = out.clean_correct.mean(), out.robust.mean()
     assert clean > 0.9
     assert rob < clean - 0.2, f"{attack} ({norm}) only lowered accuracy from {clean:.2f} to {rob:.2f}"
@@ -250,8 +252,8 @@ def test_early_exit_counts_passes_and_saves_most_of_them(digits, attack):
     model, x, y = digits
     x, y = x[:48], y[:48]
     n_iter, n_t = 50, 3
-    eng = FastEngine(n_iter=n_iter, n_target_classes=n_t)
-    out = _engine_run(eng, model, x, y, "Linf", 0.15, [attack], batch_size=32)
+    eng = FastEngine()
+    out = _engine_run(eng, model, x, y, "Linf", 0.15, [attack], batch_size=32, n_iter=n_iter, n_target_classes=n_t)
     st = eng.last_stats
     n, n_correct, n_broken = 48, int(out.clean_correct.sum()), int((out.broken_by == attack).sum())
     assert n_broken > 0.6 * n_correct

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from ctrobust._registry import UnknownNameError
-from ctrobust.ct import apply_ct, set_beta
+from ctrobust.attacks import AttackSuite, parse_suite
+from ctrobust.ct import apply_ct, get_beta, set_beta
 from ctrobust.engines import get_engine
 from ctrobust.engines.base import AttackOutcome
 from ctrobust.engines.fast._common import RowState, run_attack
@@ -47,8 +48,10 @@ def _rows(x, y, n_ex, betas):
             torch.tensor(np.repeat(np.asarray(betas, dtype=np.float64), n_ex)))
 
 
-def _run(engine, model, x, y, ids, betas, batch_size, threat="Linf", eps=0.12, attacks=ORDER, seed=0):
-    return engine.run(model, x, y, ids=ids, betas=betas, seed=seed, threat=threat, eps=eps, attacks=attacks,
+def _run(engine, model, x, y, ids, betas, batch_size, threat="Linf", eps=0.12, attacks=ORDER, seed=0,
+         params=SMALL):
+    suite = AttackSuite("custom", tuple(attacks), **params)
+    return engine.run(model, x, y, ids=ids, betas=betas, seed=seed, threat=threat, eps=eps, suite=suite,
                       batch_size=batch_size, device="cpu")
 
 
@@ -76,7 +79,7 @@ def test_outcomes_do_not_depend_on_batch_size_chunking_or_beta_batching(ct_digit
     model, x, y = ct_digits
     X, Y, I, B = _rows(x, y, N_EX, BETAS)
     # block_size fixes the shape of every model call, so batch size 3 vs 64 changes no float bit
-    eng = FastEngine(**SMALL, block_size=8)
+    eng = FastEngine(block_size=8)
     for eps in radii:  # the first radius where the comparison is informative (trained weights vary by CPU)
         whole = _run(eng, model, X, Y, I, B, 64, threat, eps)
         if _informative(whole, I):
@@ -97,7 +100,7 @@ def test_outcomes_do_not_depend_on_batch_size_chunking_or_beta_batching(ct_digit
     ref_reordered = tuple(a[order] for a in ref[:3]) + (ref[3][torch.as_tensor(order)],)
     _assert_same(ref_reordered, _cat(outs), "two halves vs whole")
     # beta-batching off: one call per beta, with the engine's default block (on CPU min(batch size, 16))
-    eng_default = FastEngine(**SMALL)
+    eng_default = FastEngine()
     together = _cat([_run(eng_default, model, X, Y, I, B, 16, threat, eps)])
     apart = _cat([_run(eng_default, model, X[sel], Y[sel], I[sel], B[sel], 16, threat, eps)
                   for sel in (B == b for b in BETAS)])
@@ -113,9 +116,9 @@ def test_speculative_phases_change_steps_not_outcomes(ct_digits, threat, radii):
     kw = dict(n_iter=6, n_target_classes=4)
     attacks = ["apgd-t", "fab-t"]
     for eps in radii:  # a radius where targets beyond the first matter (weights vary slightly by CPU)
-        on, off = FastEngine(**kw, block_size=16), FastEngine(**kw, block_size=16, speculate=False)
-        a = _run(on, model, X, Y, I, B, 64, threat, eps, attacks=attacks)
-        b = _run(off, model, X, Y, I, B, 64, threat, eps, attacks=attacks)
+        on, off = FastEngine(block_size=16), FastEngine(block_size=16, speculate=False)
+        a = _run(on, model, X, Y, I, B, 64, threat, eps, attacks=attacks, params=kw)
+        b = _run(off, model, X, Y, I, B, 64, threat, eps, attacks=attacks, params=kw)
         _assert_same(_cat([a]), _cat([b]), "speculation on vs off")
         steps_on = {k: v["steps"] for k, v in on.last_stats["attacks"].items()}
         steps_off = {k: v["steps"] for k, v in off.last_stats["attacks"].items()}
@@ -176,7 +179,7 @@ def test_outcome_contract_and_per_row_beta(ct_digits):
     model, x, y = ct_digits
     betas = [1.0, 0.1]  # beta = 0.1 changes clean predictions of this CNN
     X, Y, I, B = _rows(x, y, 40, betas)
-    eng = FastEngine(**SMALL)
+    eng = FastEngine()
     out = _run(eng, model, X, Y, I, B, 32, "Linf", 0.1, attacks=["apgd-ce", "square"])
     assert isinstance(out, AttackOutcome)
     n = X.shape[0]
@@ -208,7 +211,7 @@ def test_outcome_contract_and_per_row_beta(ct_digits):
 def test_seed_determines_the_draws(ct_digits):
     model, x, y = ct_digits
     X, Y, I, B = _rows(x, y, 12, [1.0])
-    eng = FastEngine(**SMALL)
+    eng = FastEngine()
     a = _run(eng, model, X, Y, I, B, 16, attacks=["apgd-ce"], eps=0.1, seed=1)
     b = _run(eng, model, X, Y, I, B, 16, attacks=["apgd-ce"], eps=0.1, seed=1)
     c = _run(eng, model, X, Y, I, B, 16, attacks=["apgd-ce"], eps=0.1, seed=2)
@@ -229,11 +232,27 @@ def test_errors_and_model_state_are_handled(ct_digits):
     plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
     with pytest.raises(ValueError, match="CT"):
         _run(eng, plain, X, Y, I, B * 0.5, 4, attacks=["apgd-ce"])
-    assert FastEngine._canon_attacks(["rand"], False) == (["apgd-ce", "apgd-dlr"], True)
+    rand = parse_suite("rand")
+    assert rand.attacks == ("apgd-ce", "apgd-dlr") and rand.eot_iter == 20
     # a model in train mode is attacked in eval mode and given back as it was
     model.train()
     req = [p.requires_grad for p in model.parameters()]
-    out = _run(FastEngine(**SMALL), model, X, Y, I, B, 4, attacks=["apgd-ce"])
+    out = _run(FastEngine(), model, X, Y, I, B, 4, attacks=["apgd-ce"])
     assert model.training and [p.requires_grad for p in model.parameters()] == req
     assert any("train mode" in w for w in out.warnings)
     model.eval()
+
+
+def test_the_per_row_betas_do_not_outlive_a_run(ct_digits):
+    """After a run the model is at the beta it had before: a forward of another batch size works, and one
+    of the block's size does not silently run at the last block's per-row betas."""
+    model, x, y = ct_digits
+    set_beta(model, 1.0)
+    with torch.no_grad():
+        before = model(x[:5])
+    X, Y, I, B = _rows(x, y, 6, [0.7, 0.8])
+    _run(FastEngine(block_size=4), model, X, Y, I, B, 4, attacks=["apgd-ce"])
+    assert get_beta(model).dim() == 0 and float(get_beta(model)) == 1.0
+    with torch.no_grad():
+        assert torch.equal(model(x[:5]), before)
+        model(x[:4])  # the block's size: would have run at per-row betas 0.7/0.8

@@ -227,3 +227,80 @@ def test_mean_std_and_relative_gain():
     assert stats.relative_gain(0.3, 0.1) == pytest.approx(2.0)
     assert stats.relative_gain(0.1, 0.0) == math.inf
     assert math.isnan(stats.relative_gain(0.0, 0.0))
+
+
+# ------------------------------------------------------------------------------------------- bootstrap
+def test_relative_gains_elementwise():
+    # (0.3 - 0.1) / 0.1 = 2; base 0 < ct: +inf; 0 / 0: nan — as relative_gain, without warnings
+    got = stats.relative_gains([0.3, 0.1, 0.0], [0.1, 0.0, 0.0])
+    assert got[0] == pytest.approx(2.0) and got[1] == math.inf and math.isnan(got[2])
+
+
+def test_percentile_interval_known_answer_and_undefined_replicates():
+    # 0..100 at 50 %: the 25th and 75th percentiles are 25 and 75 (linear interpolation on integer ranks)
+    assert stats.percentile_interval(np.arange(101.0), conf=0.5) == stats.BootstrapInterval(25.0, 75.0, 101, 0)
+    # at 90 %: the 5th and 95th percentiles; non-finite replicates are left out and counted
+    ci = stats.percentile_interval(np.r_[np.arange(101.0), np.inf, np.nan], conf=0.9)
+    assert (ci.lo, ci.hi) == pytest.approx((5.0, 95.0)) and (ci.n_boot, ci.n_undefined) == (103, 2)
+    none = stats.percentile_interval([np.nan, np.inf])
+    assert math.isnan(none.lo) and math.isnan(none.hi) and none.n_undefined == 2
+
+
+def test_bootstrap_weights_keep_every_stratum_size():
+    labels = np.repeat([0, 1], 20)                       # 2 classes x 20
+    half = np.tile([True, False], 20)                    # 10 per (class, half)
+    w = stats.bootstrap_weights(labels, 50, np.random.default_rng(0), half=half)
+    assert w.shape == (40, 50) and w.dtype == np.float32
+    for c in (0, 1):
+        for h in (True, False):
+            m = (labels == c) & (half == h)
+            assert np.all(w[m].sum(axis=0) == 10)      # each stratum resampled to its own size
+    # deterministic in the seed (an int seed is a fresh generator)
+    assert np.array_equal(w, stats.bootstrap_weights(labels, 50, 0, half=half))
+    # a stratum below MIN_STRATUM: resampling falls back to the split half (20 + 20, classes mixed)
+    w_small = stats.bootstrap_weights(np.repeat([0, 1, 2, 3], 10), 30, 1, half=np.tile([True, False], 20))
+    halves = np.tile([True, False], 20)
+    assert np.all(w_small[halves].sum(axis=0) == 20) and np.all(w_small[~halves].sum(axis=0) == 20)
+    per_class = w_small[:10].sum(axis=0)
+    assert not np.all(per_class == 10)  # class 0 is no longer held at 10 in every replicate
+
+
+def test_bootstrap_accuracy_is_weighted_mean():
+    flags = np.array([[1, 1, 0, 0], [1, 0, 0, 0]], bool)
+    # replicate 0 draws every example once; replicate 1 draws example 0 four times
+    w = np.array([[1, 4], [1, 0], [1, 0], [1, 0]], np.float32)
+    acc = stats.bootstrap_accuracy(flags, w)
+    assert acc.tolist() == [[0.5, 1.0], [0.25, 1.0]]
+    assert stats.bootstrap_accuracy(flags[0], w).tolist() == [0.5, 1.0]
+
+
+def test_bootstrap_reselect_hand_case_and_agrees_with_select_beta():
+    betas = np.array([0.8, 0.9, 1.0])
+    # examples 0, 1: selection half; 2, 3: report half
+    sel = np.array([True, True, False, False])
+    flags = np.array([[1, 0, 1, 1],     # 0.8: selection 1/2, report 2/2
+                      [1, 1, 0, 0],     # 0.9: selection 2/2, report 0/2
+                      [1, 0, 0, 1]], bool)  # 1.0: selection 1/2, report 1/2
+    # replicate 0: every example once -> 0.9 wins the selection (2 > 1), report accuracy 0
+    # replicate 1: example 0 twice, example 1 never -> all betas tie on the selection (2/2):
+    #   closest to one picks 1.0 (report: example 2 once + example 3 once -> 1/2), smallest picks 0.8 (2/2)
+    w = np.array([[1, 2], [1, 0], [1, 1], [1, 1]], np.float32)
+    held, report = stats.bootstrap_reselect(flags, betas, w, sel)
+    assert held.tolist() == [0.0, 0.5]
+    assert report[2].tolist() == [0.5, 0.5]  # beta = 1 on the report half
+    held_small, _ = stats.bootstrap_reselect(flags, betas, w, sel, tie_break="smallest")
+    assert held_small.tolist() == [0.0, 1.0]
+    # on random data, every replicate's pick is select_beta's on the resampled selection half
+    rng = np.random.default_rng(3)
+    flags = rng.random((5, 30)) < 0.4
+    betas = np.array([0.7, 0.8, 0.9, 0.95, 1.0])
+    sel = np.arange(30) % 2 == 0
+    w = stats.bootstrap_weights(np.zeros(30, int), 40, 0, half=sel)
+    for tie in stats.TIE_BREAKS:
+        held, report = stats.bootstrap_reselect(flags, betas, w, sel, tie_break=tie)
+        acc_sel = stats.bootstrap_accuracy(flags[:, sel], w[sel])
+        for r in range(40):
+            chosen = stats.select_beta(dict(zip(betas.tolist(), acc_sel[:, r].tolist())), tie_break=tie)
+            assert held[r] == report[betas.tolist().index(chosen), r]
+    with pytest.raises(ValueError):
+        stats.bootstrap_reselect(flags, betas, w, np.ones(30, bool))

@@ -202,7 +202,7 @@ def test_sigkilled_sweep_resumes_only_missing_units_with_identical_results(tmp_p
     a, b = load_outcomes(killed), load_outcomes(clean)
     for k in ("id", "beta", "clean_correct", "robust", "broken_by", "transfer_broken"):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    strip = ("seconds", "device")
+    strip = ("seconds", "device", "call_seconds")
     ra = [{k: v for k, v in r.items() if k not in strip} for r in load_results(killed)]
     rb = [{k: v for k, v in r.items() if k not in strip} for r in load_results(clean)]
     assert ra == rb
@@ -248,3 +248,39 @@ def test_masking_flags_do_not_fire_on_the_bundled_resnet18(tiny_run):
     assert not o["grad_zero"].any() and not o["grad_nonfinite"].any()
     flags = masking_flags(o, attacks=["apgd-ce"])
     assert flags and not any(v["masking_suspected"] for v in flags.values())
+
+
+def test_rand_into_a_run_dir_of_the_same_attacks_without_eot_is_refused(tmp_path, capsys):
+    """``rand`` is APGD-CE + APGD-DLR with 20 EOT draws: the same attack list with EOT 1 is another
+    experiment, so its units are never reused for it; the refusal names the setting that differs."""
+    out = tmp_path / "ce_dlr"
+    argv = ["sweep", *TINY, "--out", str(out)]
+    argv[argv.index("apgd-ce")] = "apgd-ce,apgd-dlr"
+    assert main(argv) == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    argv[argv.index("apgd-ce,apgd-dlr")] = "rand"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "attacks.eot_iter: 1 (run) vs 20 (now)" in err, err
+    assert _snapshot(out) == before
+    # the same attacks spelled with spaces are the same experiment: resumed, nothing to run
+    argv[argv.index("rand")] = "apgd-ce apgd-dlr"
+    assert main(argv) == 0
+    assert "ran 0 unit(s), 2 already done" in capsys.readouterr().out
+
+
+def test_list_options_take_commas_and_spaces(tmp_path):
+    from ctrobust.cli import build_parser
+    from ctrobust.config import SweepConfig
+
+    def cfg(*args):
+        a = build_parser().parse_args(["sweep", *args])
+        return SweepConfig.from_cli({k: getattr(a, k) for k in ("seeds", "betas", "attacks")}).validate()
+
+    for form in (["0,1"], ["0", "1"], ["0, 1"]):
+        assert cfg("--seeds", *form).seeds == [0, 1]
+    for form in (["0.8,0.9"], ["0.8", "0.9"], ["0.8 0.9"]):
+        assert cfg("--betas", *form).betas == [1.0, 0.9, 0.8]
+    for form in (["apgd-ce,square"], ["apgd-ce", "square"], ["apgd-ce, square"]):
+        assert cfg("--attacks", *form).attacks == "apgd-ce,square"

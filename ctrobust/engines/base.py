@@ -10,12 +10,15 @@ import logging
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
-__all__ = ["AttackOutcome", "AttackEngine", "capture_warnings", "is_oom"]
+if TYPE_CHECKING:
+    from ctrobust.attacks import AttackSuite
+
+__all__ = ["AttackOutcome", "AttackEngine", "capture_warnings", "is_oom", "restoring_model_state"]
 
 
 @dataclass
@@ -33,6 +36,9 @@ class AttackOutcome:
         backward_passes: example-backwards spent.
         batch_size: the largest batch actually used (after any out-of-memory back-off).
         warnings: AutoAttack-style check warnings raised while attacking.
+        row_forward_passes: int64 (N,) example-forwards spent on each row, or None when the engine does
+            not count per row (then ``forward_passes`` is the call's total).
+        row_backward_passes: int64 (N,) example-backwards spent on each row, or None.
     """
 
     clean_correct: np.ndarray
@@ -43,25 +49,41 @@ class AttackOutcome:
     backward_passes: int = 0
     batch_size: int = 0
     warnings: list = field(default_factory=list)
+    row_forward_passes: np.ndarray | None = None
+    row_backward_passes: np.ndarray | None = None
 
     def subset(self, mask: np.ndarray) -> "AttackOutcome":
         """Rows selected by a boolean or index array (counters are kept for the whole call)."""
         idx = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask)
         return AttackOutcome(self.clean_correct[idx], self.robust[idx], self.broken_by[idx],
                              self.x_adv[torch.as_tensor(idx, dtype=torch.long)], self.forward_passes,
-                             self.backward_passes, self.batch_size, list(self.warnings))
+                             self.backward_passes, self.batch_size, list(self.warnings),
+                             None if self.row_forward_passes is None else self.row_forward_passes[idx],
+                             None if self.row_backward_passes is None else self.row_backward_passes[idx])
 
 
 class AttackEngine(Protocol):
-    """What the sweep needs from an engine."""
+    """What the sweep needs from an engine.
+
+    Attributes:
+        name: the engine's registry name (a results column).
+        batches_betas: True if one call should carry the rows of all betas of a work item (the engine
+            attacks them together); False if the caller should make one call per beta.
+        batch_invariant: True if outcomes do not depend on the batch size; False puts the batch size into
+            the experiment key.
+    """
 
     name: str
+    batches_betas: bool
+    batch_invariant: bool
 
     def run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ids: torch.Tensor,
-            betas: torch.Tensor, seed: int, threat: str, eps: float, attacks: list, batch_size,
+            betas: torch.Tensor, seed: int, threat: str, eps: float, suite: "AttackSuite", batch_size,
             device: torch.device) -> AttackOutcome:
         """Attack rows ``x`` (N, C, H, W) in [0, 1] with labels ``y`` (N,), example ids ``ids`` (N,) and
-        per-row CT betas ``betas`` (N,) on ``model`` (a ``CTModel``); ``batch_size`` is an int or "auto"."""
+        per-row CT betas ``betas`` (N,) on ``model`` (a ``CTModel``) with the attacks and hyper-parameters
+        of ``suite`` (a :class:`ctrobust.attacks.AttackSuite`); ``batch_size`` is an int or "auto".
+        The model's train/eval flags and CT beta are as before when the call returns."""
         ...
 
 
@@ -101,3 +123,30 @@ def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, getattr(torch.cuda, "OutOfMemoryError", ())):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+@contextmanager
+def restoring_model_state(model: torch.nn.Module, *, requires_grad: bool = False):
+    """Give the model back as it was: every module's train/eval flag, the CT beta (if it has CT) and, with
+    ``requires_grad``, every parameter's ``requires_grad``.
+
+    Engines set per-row or per-group betas while attacking; those must not outlive the call (a later
+    forward with another batch size would fail, one with the same size would silently run at them).
+    """
+    from ctrobust.ct import get_beta, set_beta
+
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()] if requires_grad else []
+    try:
+        beta = get_beta(model).detach().clone()
+    except ValueError:  # no CT activation
+        beta = None
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, rg in grads:
+            p.requires_grad_(rg)
+        if beta is not None:
+            set_beta(model, beta, validate=False)

@@ -16,72 +16,99 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ctrobust.attacks import ATTACKS, AttackSuite, parse_suite
 from ctrobust.ct import set_beta
-from ctrobust.engines.base import AttackOutcome, capture_warnings, is_oom
+from ctrobust.engines.base import AttackOutcome, capture_warnings, is_oom, restoring_model_state
 from ctrobust.threat import check_ball
 
 __all__ = ["ReferenceEngine"]
 
-_CPU_DEFAULT_BATCH = 250  # AutoAttack's own default
+_AUTO_BATCH = 250  # AutoAttack's own default
+
+
+def _make_autoattack(model, threat: str, eps: float, seed: int, device, suite: AttackSuite):
+    """pyautoattack's ``AutoAttack`` with the suite's hyper-parameters.
+
+    For the named suites these are exactly pyautoattack's own (``standard``: 1 restart, 9 target classes,
+    5000 queries; ``rand``: EOT over 20 draws), so the run is pyautoattack's arithmetic; a custom suite
+    sets the same attributes to its values.
+    """
+    from pyautoattack import AutoAttack
+
+    # "rand" also tells pyautoattack not to warn that the model is randomized
+    aa = AutoAttack(model, norm=threat, eps=eps, seed=seed, device=device,
+                    version="rand" if suite.eot_iter > 1 else "standard")
+    for att in (aa.apgd, aa.apgd_targeted):
+        att.n_iter, att.eot_iter, att.rho = suite.n_iter, suite.eot_iter, suite.rho
+    aa.apgd.n_restarts = suite.n_restarts
+    aa.apgd_targeted.n_target_classes = suite.n_target_classes
+    aa.fab.n_iter, aa.fab.n_restarts, aa.fab.n_target_classes = suite.n_iter, suite.n_restarts, suite.n_target_classes
+    aa.square.n_queries, aa.square.p_init = suite.n_queries, suite.p_init
+    aa.verbose = False
+    return aa
 
 
 class ReferenceEngine:
     """Standard AutoAttack through pyautoattack, with per-example outcomes and captured warnings."""
 
     name = "reference"
+    #: pyautoattack evaluates one model at a time: the sweep calls it once per beta
+    batches_betas = False
+    #: pyautoattack reseeds every batch, so outcomes depend on the batch size (part of the experiment key)
+    batch_invariant = False
 
-    @staticmethod
-    def _make(model, threat, eps, seed, device, rand):
-        from pyautoattack import AutoAttack
+    def run(self, model, x, y, *, ids, betas, seed, threat, eps, suite, batch_size, device) -> AttackOutcome:
+        """Attack every row with pyautoattack, one beta group at a time; see ``AttackEngine.run``.
 
-        # custom subsets keep the standard hyper-parameters (1 restart, 9 target classes, 5000 queries);
-        # "rand" is AutoAttack's version for randomized defenses (APGD-CE/DLR with EOT over 20 draws)
-        return AutoAttack(model, norm=threat, eps=eps, seed=seed, device=device,
-                          version="rand" if rand else "standard")
-
-    def run(self, model, x, y, *, ids, betas, seed, threat, eps, attacks, batch_size, device,
-            rand: bool = False) -> AttackOutcome:
+        The model is put in eval mode for the run, as pyautoattack expects (a train-mode model would update
+        BatchNorm statistics while it is attacked); each module's flag and the CT beta are restored after.
+        """
+        suite = parse_suite(suite)
         n = x.shape[0]
         clean_correct = np.zeros(n, bool)
         robust = np.zeros(n, bool)
         broken_by = np.full(n, "", dtype=object)
         x_adv = x.detach().clone().cpu()
         warns: list = []
+        if model.training:
+            warns.append("the model was in train mode: evaluated in eval mode")
         used_bs = 0
         betas_np = np.asarray(betas, dtype=np.float64)
-        for beta in sorted(set(betas_np.tolist()), reverse=True):
-            rows = np.flatnonzero(betas_np == beta)
-            set_beta(model, float(beta))
-            bs = batch_size
-            if bs == "auto":
-                bs = len(rows) if torch.device(device).type == "cuda" else min(len(rows), _CPU_DEFAULT_BATCH)
-            while True:
-                try:
-                    res = self._run_group(model, x[rows], y[rows], seed, threat, eps, attacks, int(bs), device, rand)
-                    break
-                except RuntimeError as exc:  # back off on out-of-memory, as timm's validate does
-                    if batch_size == "auto" and is_oom(exc) and bs > 1:
-                        torch.cuda.empty_cache()
-                        bs = max(1, int(bs) // 2)
-                        continue
-                    raise
-            cc, rb, bb, xa, w = res
-            clean_correct[rows], robust[rows], broken_by[rows] = cc, rb, bb
-            x_adv[torch.as_tensor(rows)] = xa
-            warns += [f"beta={beta:g}: {m}" for m in w]
-            used_bs = max(used_bs, int(bs))
+        with restoring_model_state(model):
+            model.eval()
+            for beta in sorted(set(betas_np.tolist()), reverse=True):
+                rows = np.flatnonzero(betas_np == beta)
+                set_beta(model, float(beta))
+                bs = batch_size
+                if bs == "auto":  # AutoAttack's default on every device: the batches, hence results, do not
+                    bs = min(len(rows), _AUTO_BATCH)  # depend on the device
+
+                while True:
+                    try:
+                        res = self._run_group(model, x[rows], y[rows], seed, threat, eps, suite, int(bs), device)
+                        break
+                    except RuntimeError as exc:  # back off on out-of-memory, as timm's validate does
+                        if batch_size == "auto" and is_oom(exc) and bs > 1:
+                            torch.cuda.empty_cache()
+                            bs = max(1, int(bs) // 2)
+                            continue
+                        raise
+                cc, rb, bb, xa, w = res
+                clean_correct[rows], robust[rows], broken_by[rows] = cc, rb, bb
+                x_adv[torch.as_tensor(rows)] = xa
+                warns += [f"beta={beta:g}: {m}" for m in w]
+                used_bs = max(used_bs, int(bs))
         check_ball(x.cpu(), x_adv, threat, eps)
         return AttackOutcome(clean_correct, robust, broken_by.astype(str), x_adv,
                              forward_passes=0, backward_passes=0, batch_size=used_bs, warnings=warns)
 
-    def _run_group(self, model, x, y, seed, threat, eps, attacks, bs, device, rand):
+    def _run_group(self, model, x, y, seed, threat, eps, suite: AttackSuite, bs, device):
         from pyautoattack import checks
 
         n = x.shape[0]
         dev = torch.device(device)
         warns: list = []
-        aa = self._make(model, threat, eps, seed, dev, rand)
-        aa.verbose = False
+        aa = _make_autoattack(model, threat, eps, seed, dev, suite)
         x_cpu, y_cpu = x.detach().cpu(), y.detach().cpu()
         with torch.no_grad():
             preds = torch.cat([model(x_cpu[i:i + bs].to(dev)).argmax(1).cpu() for i in range(0, n, bs)])
@@ -91,11 +118,11 @@ class ReferenceEngine:
         x_adv = x_cpu.clone()
         acc = {"clean": robust.mean() if n else 0.0}
         with capture_warnings(warns):
-            for attack in attacks:
+            for attack in suite.attacks:
                 idx = np.flatnonzero(robust)
                 if idx.size == 0:
                     break
-                aa.attacks_to_run = [attack]
+                aa.attacks_to_run = [ATTACKS[attack].pyautoattack]
                 xa, ya = aa.run_standard_evaluation(x_cpu[idx], y_cpu[idx], batch_size=bs)
                 broke = (ya.cpu() != y_cpu[idx]).numpy()
                 robust[idx[broke]] = False

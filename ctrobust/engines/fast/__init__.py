@@ -7,8 +7,8 @@ driver, norms and losses).
 """
 
 from ctrobust.engines.fast.apgd import APGD
-from ctrobust.engines.fast.engine import ATTACKS, FastEngine
+from ctrobust.engines.fast.engine import FastEngine
 from ctrobust.engines.fast.fab import FAB
 from ctrobust.engines.fast.square import Square
 
-__all__ = ["FastEngine", "ATTACKS", "APGD", "FAB", "Square"]
+__all__ = ["FastEngine", "APGD", "FAB", "Square"]

@@ -86,6 +86,10 @@ class ModelCaller:
             raise ValueError("rows have beta != 1 but the model has no CT activation: apply_ct(model, beta) first")
         self.forward_rows = 0
         self.backward_rows = 0
+        # per-row example passes (on the device: counting costs no host synchronisation), so that the
+        # passes of each beta of a beta-batched call are measured, not split evenly
+        self.row_forwards = torch.zeros(betas.shape[0], dtype=torch.int64, device=betas.device)
+        self.row_backwards = torch.zeros_like(self.row_forwards)
         self.forward_calls = 0
         self.backward_calls = 0
         self.padded_rows = 0
@@ -115,10 +119,13 @@ class ModelCaller:
             outs.append(self.model(xb)[:m])
             self.forward_calls += 1
         self.forward_rows += n
+        self.row_forwards.index_add_(0, rows, torch.ones_like(rows))
         return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
 
-    def count_backward(self, n_rows: int, sweeps: int = 1) -> None:
-        """Record ``sweeps`` backward passes over ``n_rows`` rows (split in blocks like the forward)."""
+    def count_backward(self, rows: torch.Tensor, sweeps: int = 1) -> None:
+        """Record ``sweeps`` backward passes over the rows ``rows`` (split in blocks like the forward)."""
+        n_rows = int(rows.shape[0])
+        self.row_backwards.index_add_(0, rows, torch.full_like(rows, sweeps))
         self.backward_rows += n_rows * sweeps
         self.backward_calls += sweeps * max(1, math.ceil(n_rows / self.block))
 
@@ -192,7 +199,7 @@ class AttackContext:
                 logits = self.caller.forward(xr, rows)
                 loss = loss_fn(logits)
                 (g,) = torch.autograd.grad(loss.sum(), [xr])
-            self.caller.count_backward(x.shape[0])
+            self.caller.count_backward(rows)
             grad += g.detach()
         grad /= float(eot_iter)
         return logits.detach(), loss.detach(), grad
@@ -207,7 +214,7 @@ class AttackContext:
             for c in range(k):
                 (g,) = torch.autograd.grad(logits[:, c].sum(), [xr], retain_graph=c < k - 1)
                 jac.append(g.detach())
-        self.caller.count_backward(x.shape[0], sweeps=k)
+        self.caller.count_backward(rows, sweeps=k)
         return logits.detach(), torch.stack(jac, 1)
 
     def clean_order(self, rows: torch.Tensor) -> torch.Tensor:

@@ -29,21 +29,16 @@ import time
 import numpy as np
 import torch
 
-from ctrobust._registry import did_you_mean
-from ctrobust.engines.base import AttackOutcome, is_oom
+from ctrobust.attacks import AttackSuite, get_attack, parse_suite
+from ctrobust.engines.base import AttackOutcome, is_oom, restoring_model_state
 from ctrobust.engines.fast._common import AttackContext, ModelCaller, run_attack
 from ctrobust.engines.fast.apgd import APGD
 from ctrobust.engines.fast.fab import FAB
 from ctrobust.engines.fast.square import Square
 from ctrobust.threat import Threat, check_ball
 
-__all__ = ["FastEngine", "ATTACKS", "RAND_EOT_ITER", "AUTO_BATCH", "CPU_BLOCK"]
+__all__ = ["FastEngine", "AUTO_BATCH", "CPU_BLOCK"]
 
-#: canonical attack names the fast engine runs.
-ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
-#: AutoAttack's ``rand`` version: APGD-CE and APGD-DLR with gradients averaged over 20 draws.
-RAND_ATTACKS = ("apgd-ce", "apgd-dlr")
-RAND_EOT_ITER = 20
 #: ``batch_size="auto"``: a fixed size per device type (not derived from N, so that chunking does not
 #: change the block shape); halved on CUDA out-of-memory.
 AUTO_BATCH = {"cuda": 512, "cpu": 128}
@@ -57,14 +52,11 @@ CPU_BLOCK = 16
 class FastEngine:
     """AutoAttack's attacks with early exit, beta-batching and per-example randomness.
 
+    The attacks and all their hyper-parameters come from the :class:`~ctrobust.attacks.AttackSuite` given to
+    :meth:`run`; the constructor holds only how the work is executed, which never changes outcomes
+    (except ``fixed_shape=False``, see below).
+
     Args:
-        n_iter: APGD and FAB iterations per restart/target (AutoAttack: 100).
-        n_restarts: restarts of APGD-CE/APGD-DLR/FAB (AutoAttack standard and rand: 1).
-        n_target_classes: targets of APGD-T and FAB-T (AutoAttack: 9).
-        rho: APGD's checkpoint threshold (AutoAttack: 0.75).
-        n_queries: Square's queries (AutoAttack: 5000).
-        p_init: Square's initial fraction of changed pixels (AutoAttack: 0.8).
-        eot_iter: APGD gradient draws per step (AutoAttack: 1; ``rand`` uses 20 whatever this says).
         block_size: rows per model call; ``None``: the batch size on accelerators, ``min(batch_size, 16)``
             on CPU. Together with ``fixed_shape`` it fixes the numerics of the model: a row's logits are
             bitwise independent of the other rows in the call, so outcomes are bitwise independent of
@@ -81,24 +73,23 @@ class FastEngine:
 
     Example:
         >>> from ctrobust.ct import apply_ct
+        >>> from ctrobust.attacks import SUITES
         >>> out = FastEngine().run(apply_ct(model, 1.0), x, y, ids=ids, betas=torch.full((len(x),), 0.9),
-        ...                        seed=0, threat="Linf", eps=8 / 255, attacks=["apgd-ce", "apgd-t", "fab-t",
-        ...                        "square"], batch_size=256, device=torch.device("cuda"))
+        ...                        seed=0, threat="Linf", eps=8 / 255, suite=SUITES["standard"],
+        ...                        batch_size=256, device=torch.device("cuda"))
         >>> out.robust.mean()
     """
 
     name = "fast"
+    #: attacks the still-robust rows of all betas together (the sweep passes all betas of a work item in
+    #: one call)
+    batches_betas = True
+    #: outcomes are bitwise independent of batch size, chunking and beta-batching (per-row randomness,
+    #: fixed-shape blocks)
+    batch_invariant = True
 
-    def __init__(self, *, n_iter: int = 100, n_restarts: int = 1, n_target_classes: int = 9, rho: float = 0.75,
-                 n_queries: int = 5000, p_init: float = 0.8, eot_iter: int = 1, block_size: int | None = None,
-                 fixed_shape: bool = True, verify: bool = True, speculate: bool = True):
-        self.n_iter = int(n_iter)
-        self.n_restarts = int(n_restarts)
-        self.n_target_classes = int(n_target_classes)
-        self.rho = float(rho)
-        self.n_queries = int(n_queries)
-        self.p_init = float(p_init)
-        self.eot_iter = int(eot_iter)
+    def __init__(self, *, block_size: int | None = None, fixed_shape: bool = True, verify: bool = True,
+                 speculate: bool = True):
         self.block_size = None if block_size is None else int(block_size)
         self.fixed_shape = bool(fixed_shape)
         self.speculate = bool(speculate)
@@ -107,48 +98,30 @@ class FastEngine:
 
     # -- attacks ----------------------------------------------------------------------------------
 
-    def make_attack(self, name: str, *, eot_iter: int | None = None, n_classes: int | None = None):
-        """The attack object for a canonical name, with this engine's hyper-parameters."""
-        eot = self.eot_iter if eot_iter is None else int(eot_iter)
-        n_t = self.n_target_classes if n_classes is None else min(self.n_target_classes, n_classes - 1)
-        if name == "apgd-ce":
-            return APGD(loss="ce", n_iter=self.n_iter, n_restarts=self.n_restarts, rho=self.rho, eot_iter=eot)
-        if name == "apgd-dlr":
-            return APGD(loss="dlr", n_iter=self.n_iter, n_restarts=self.n_restarts, rho=self.rho, eot_iter=eot)
-        if name == "apgd-t":
-            return APGD(loss="dlr-targeted", n_iter=self.n_iter, n_restarts=1, n_target_classes=n_t,
-                        rho=self.rho, eot_iter=eot)
-        if name == "fab-t":
-            return FAB(targeted=True, n_iter=self.n_iter, n_restarts=1, n_target_classes=n_t)
-        if name == "fab":
-            return FAB(targeted=False, n_iter=self.n_iter, n_restarts=self.n_restarts)
-        if name == "square":
-            return Square(n_queries=self.n_queries, p_init=self.p_init)
-        raise did_you_mean("attack", name, ATTACKS)
-
     @staticmethod
-    def _canon_attacks(attacks, rand: bool) -> tuple[list[str], bool]:
-        if isinstance(attacks, str):
-            attacks = [a.strip() for a in attacks.split(",") if a.strip()]
-        attacks = [str(a).strip().lower() for a in attacks]
-        if attacks == ["standard"]:
-            attacks = ["apgd-ce", "apgd-t", "fab-t", "square"]
-        if "rand" in attacks:
-            if attacks != ["rand"]:
-                raise ValueError("'rand' cannot be combined with other attacks")
-            attacks, rand = list(RAND_ATTACKS), True
-        for a in attacks:
-            if a not in ATTACKS:
-                raise did_you_mean("attack", a, ATTACKS + ("standard", "rand"))
-        if len(set(attacks)) != len(attacks):
-            raise ValueError(f"attack listed twice: {attacks}")
-        return attacks, rand
+    def make_attack(name: str, suite: AttackSuite, *, n_classes: int | None = None):
+        """The attack object for a canonical name, with the suite's hyper-parameters."""
+        n_t = suite.n_target_classes if n_classes is None else min(suite.n_target_classes, n_classes - 1)
+        name = get_attack(name).name
+        if name in ("apgd-ce", "apgd-dlr"):
+            return APGD(loss=name[5:], n_iter=suite.n_iter, n_restarts=suite.n_restarts, rho=suite.rho,
+                        eot_iter=suite.eot_iter)
+        if name == "apgd-t":
+            return APGD(loss="dlr-targeted", n_iter=suite.n_iter, n_restarts=1, n_target_classes=n_t,
+                        rho=suite.rho, eot_iter=suite.eot_iter)
+        if name == "fab-t":
+            return FAB(targeted=True, n_iter=suite.n_iter, n_restarts=1, n_target_classes=n_t)
+        if name == "fab":
+            return FAB(targeted=False, n_iter=suite.n_iter, n_restarts=suite.n_restarts)
+        if name == "square":
+            return Square(n_queries=suite.n_queries, p_init=suite.p_init)
+        raise NotImplementedError(f"the fast engine has no implementation of {name!r}")  # registry grew
 
     # -- run --------------------------------------------------------------------------------------
 
     def run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ids: torch.Tensor,
-            betas: torch.Tensor, seed: int, threat: str, eps: float, attacks, batch_size, device,
-            rand: bool = False) -> AttackOutcome:
+            betas: torch.Tensor, seed: int, threat: str, eps: float, suite, batch_size,
+            device) -> AttackOutcome:
         """Attack every row; see ``ctrobust.engines.base.AttackEngine``.
 
         Args:
@@ -160,11 +133,10 @@ class FastEngine:
             seed: run seed (key of every random draw).
             threat: ``"Linf"`` or ``"L2"``.
             eps: ball radius (in [0, 1] pixel units).
-            attacks: canonical names in run order (``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``,
-                ``apgd-dlr``, ``fab``), or ``["rand"]``.
+            suite: the :class:`~ctrobust.attacks.AttackSuite` to run (attacks in order and their
+                hyper-parameters), or anything :func:`~ctrobust.attacks.parse_suite` accepts.
             batch_size: maximum rows in flight (int), or ``"auto"`` (:data:`AUTO_BATCH`, halved on CUDA OOM).
             device: where to run.
-            rand: AutoAttack's ``rand`` version: gradients averaged over 20 draws (EOT) in APGD.
 
         Returns:
             ``AttackOutcome`` with one entry per row; ``x_adv`` on CPU, inside the ball (checked with
@@ -175,8 +147,7 @@ class FastEngine:
         eps = float(eps)
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps}")
-        attack_names, rand = self._canon_attacks(attacks, rand)
-        eot = RAND_EOT_ITER if rand else self.eot_iter
+        suite = parse_suite(suite)
         device = torch.device(device)
         n = int(x.shape[0])
         if not (y.shape[0] == ids.shape[0] == betas.shape[0] == n):
@@ -207,17 +178,19 @@ class FastEngine:
             return AttackOutcome(clean_correct, robust, broken_by.astype(str), x_adv, 0, 0, bs, warns)
 
         # model: eval mode, no parameter gradients, on the device (all restored afterwards)
-        modes = [(m, m.training) for m in model.modules()]
         if model.training:
             warns.append("the model was in train mode: evaluated in eval mode")
-        grads = [(p, p.requires_grad) for p in model.parameters()]
-        model.eval()
-        for p, _ in grads:
-            p.requires_grad_(False)
-        model.to(device)
         fwd = bwd = 0
+        row_fwd = np.zeros(n, np.int64)
+        row_bwd = np.zeros(n, np.int64)
         caller = None
-        try:
+        # train flags, parameter gradients and beta are given back as they were: the per-row betas set
+        # before every model call must not outlive the run
+        with restoring_model_state(model, requires_grad=True):
+            model.eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            model.to(device)
             xd = x_cpu.to(device)
             yd = torch.as_tensor(y).to(device=device, dtype=torch.int64)
             idd = torch.as_tensor(ids).to(device=device, dtype=torch.int64)
@@ -227,7 +200,7 @@ class FastEngine:
                     block = self.block_size or (min(bs, CPU_BLOCK) if device.type == "cpu" else bs)
                     caller = ModelCaller(model, bd, block=block, fixed_shape=self.fixed_shape)
                     ctx = AttackContext(caller, xd, yd, idd, bd, int(seed), threat_c, eps)
-                    self._run_all(ctx, attack_names, eot, bs, x_cpu, clean_correct, robust, broken_by, x_adv,
+                    self._run_all(ctx, suite, bs, x_cpu, clean_correct, robust, broken_by, x_adv,
                                   stats, warns)
                     break
                 except RuntimeError as exc:  # back off on out-of-memory (timm validate.py style)
@@ -236,30 +209,31 @@ class FastEngine:
                         if caller is not None:
                             fwd += caller.forward_rows
                             bwd += caller.backward_rows
+                            row_fwd += caller.row_forwards.cpu().numpy()
+                            row_bwd += caller.row_backwards.cpu().numpy()
                         bs = max(1, bs // 2)
                         warns.append(f"out of memory: batch size halved to {bs} and the call restarted")
                         continue
                     raise
             fwd += caller.forward_rows
             bwd += caller.backward_rows
+            row_fwd += caller.row_forwards.cpu().numpy()
+            row_bwd += caller.row_backwards.cpu().numpy()
             stats.update(forward_calls=caller.forward_calls, backward_calls=caller.backward_calls,
                          padded_rows=caller.padded_rows, forward_rows=fwd, backward_rows=bwd,
                          block=caller.block, batch_size=bs, seconds=time.perf_counter() - t_start)
             for key, count in ctx.notes.items():
                 warns.append(f"{key}: {count}")
-        finally:
-            for m, mode in modes:
-                m.training = mode
-            for p, rg in grads:
-                p.requires_grad_(rg)
         check_ball(x_cpu, x_adv, threat_c, eps)
         return AttackOutcome(clean_correct, robust, broken_by.astype(str), x_adv, forward_passes=int(fwd),
-                             backward_passes=int(bwd), batch_size=int(bs), warnings=list(dict.fromkeys(warns)))
+                             backward_passes=int(bwd), batch_size=int(bs), warnings=list(dict.fromkeys(warns)),
+                             row_forward_passes=row_fwd, row_backward_passes=row_bwd)
 
-    def _run_all(self, ctx: AttackContext, attack_names, eot, bs, x_cpu, clean_correct, robust, broken_by,
+    def _run_all(self, ctx: AttackContext, suite: AttackSuite, bs, x_cpu, clean_correct, robust, broken_by,
                  x_adv, stats, warns) -> None:
         """Clean check, then each attack on the rows still robust; fills the output arrays in place."""
         n = ctx.x.shape[0]
+        attack_names = suite.attacks
         x_adv.copy_(x_cpu)  # (a retry after out-of-memory starts from scratch)
         stats["attacks"] = {}
         dev = ctx.x.device
@@ -273,8 +247,8 @@ class FastEngine:
         clean_correct[:] = cc
         robust[:] = cc
         broken_by[:] = np.where(cc, "", "clean")
-        if any(a in ("apgd-t", "fab-t") for a in attack_names) and self.n_target_classes + 1 > k:
-            warns.append(f"{self.n_target_classes} target classes asked but the model has {k} classes: "
+        if suite.needs_targets and suite.n_target_classes + 1 > k:
+            warns.append(f"{suite.n_target_classes} target classes asked but the model has {k} classes: "
                          f"using {k - 1}")
         if any(a in ("apgd-dlr", "apgd-t") for a in attack_names) and k < (4 if "apgd-t" in attack_names else 3):
             raise ValueError(f"the DLR loss needs at least {4 if 'apgd-t' in attack_names else 3} classes, "
@@ -286,7 +260,7 @@ class FastEngine:
                 break
             t0 = time.perf_counter()
             f0, b0 = ctx.caller.forward_rows, ctx.caller.backward_rows
-            attack = self.make_attack(name, eot_iter=eot, n_classes=k)
+            attack = self.make_attack(name, suite, n_classes=k)
             res = run_attack(attack, ctx, torch.as_tensor(idx, device=dev), bs, speculate=self.speculate)
             hit = res.broken
             if self.verify and bool(hit.any()):
@@ -311,10 +285,10 @@ class FastEngine:
                                       "seconds": time.perf_counter() - t0}
         # AutoAttack's check_square_sr, per beta: Square (gradient-free) breaking points that the
         # gradient-based attacks before it missed is a sign of gradient masking
-        if "square" in attack_names and len(attack_names) > 1:
+        if any(not a.gradient for a in suite.specs) and any(a.gradient for a in suite.specs):
             for beta in sorted(set(betas_np.tolist()), reverse=True):
                 sel = betas_np == beta
-                frac = float((broken_by[sel] == "square").mean())
+                frac = float(np.isin(broken_by[sel], [a.name for a in suite.specs if not a.gradient]).mean())
                 if frac > 0.002:
                     warns.append(f"beta={beta:g}: Square Attack has decreased the robust accuracy of {frac:.2%}. "
                                  "This might indicate that the robustness evaluation using AutoAttack is "

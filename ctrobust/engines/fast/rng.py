@@ -52,6 +52,8 @@ from typing import Sequence
 
 import torch
 
+from ctrobust.attacks import ATTACKS
+
 __all__ = ["ATTACK_CODES", "row_keys", "stream_counter", "bits", "to_uniform", "to_randint", "to_sign", "uniform",
            "normal", "randint", "rademacher"]
 
@@ -59,8 +61,8 @@ _M32 = 0xFFFFFFFF
 _M16 = 0xFFFF
 _GOLDEN = 0x9E3779B9
 
-#: stable integer code per attack, part of every row key (never renumber: it would change all draws).
-ATTACK_CODES = {"apgd-ce": 1, "apgd-t": 2, "fab-t": 3, "square": 4, "apgd-dlr": 5, "fab": 6}
+#: stable integer code per attack, part of every row key (owned by the attack registry; never renumbered).
+ATTACK_CODES = {name: spec.rng_code for name, spec in ATTACKS.items()}
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:

@@ -1,0 +1,84 @@
+"""Result rows: finished units -> one row per (beta, seed) with accuracies, intervals and costs.
+
+The one place that turns per-example outcomes into the columns of ``results.csv`` / ``results.json``
+(the store only reads and writes the files). Accuracies are fractions in [0, 1] with 95 % Wilson
+intervals; ``broken_<attack>`` counts the rows each attack broke first.
+
+Costs: ``forward_passes`` / ``backward_passes`` are example passes measured for this beta (engines that
+count per row; the reference engine runs one beta per call, so its call totals are per beta).
+``seconds`` is wall time of this beta's share: measured directly when the engine ran one beta per call;
+when one beta-batched call served several betas, the call's seconds are shared out in proportion to each
+beta's measured passes. ``call_seconds`` and ``call_betas`` are the raw measurement: the wall time of the
+engine call(s) that computed the row and how many betas shared them.
+"""
+
+from __future__ import annotations
+
+
+from ctrobust.stats import wilson_interval
+from ctrobust.store import RunDir, merge_units
+
+__all__ = ["result_rows", "write_results"]
+
+
+def result_rows(run: RunDir, outcomes: dict, metas: list[dict], coverage) -> list[dict]:
+    """One row per (seed, beta) of the run's grid that has finished units.
+
+    Args:
+        run: the run dir (its config gives the grid and the constant columns).
+        outcomes: merged per-example outcomes (:func:`ctrobust.store.merge_units`).
+        metas: the finished units' metadata.
+        coverage: the model's :class:`ctrobust.ct.Coverage` (written as ``ct_*`` columns).
+    """
+    cfg = run.cfg
+    cov = coverage.to_dict()
+    rows = []
+    for seed in cfg.seeds:
+        for beta in cfg.betas:
+            m = (outcomes["seed"] == seed) & (outcomes["beta"] == beta)
+            n = int(m.sum())
+            if n == 0:
+                continue
+            um = [u for u in metas if u["seed"] == seed and u["beta"] == beta]
+            k_clean, k_rob = int(outcomes["clean_correct"][m].sum()), int(outcomes["robust"][m].sum())
+            clo, chi = wilson_interval(k_clean, n)
+            rlo, rhi = wilson_interval(k_rob, n)
+            row = {"model": cfg.model, "dataset": cfg.dataset, "threat": cfg.threat, "eps": cfg.eps,
+                   "beta": beta, "coeff": cfg.coeff, "seed": seed, "n": n,
+                   "clean_acc": k_clean / n, "clean_lo": clo, "clean_hi": chi,
+                   "robust_acc": k_rob / n, "robust_lo": rlo, "robust_hi": rhi}
+            for a in cfg.suite.attacks:
+                row[f"broken_{a}"] = int((outcomes["broken_by"][m] == a).sum())
+            row["grad_zero_frac"] = float(outcomes["grad_zero"][m].mean())
+            row["grad_nonfinite_frac"] = float(outcomes["grad_nonfinite"][m].mean())
+            row["transfer_only"] = int((outcomes["robust"][m] & outcomes["transfer_broken"][m]).sum())
+            for k, v in cov.items():
+                if k != "unsupported":
+                    row[f"ct_{k}"] = v
+            row["ct_unsupported"] = ";".join(f"{k} x {v}" for k, v in cov.get("unsupported", {}).items())
+            row["seconds"] = round(sum(u["seconds"] for u in um), 3)
+            row["forward_passes"] = sum(u["forward_passes"] for u in um)
+            row["backward_passes"] = sum(u["backward_passes"] for u in um)
+            row["device"] = ",".join(sorted({u["device"] for u in um}))
+            row["batch_size"] = max(u["batch_size"] for u in um)
+            row["engine"] = cfg.engine
+            row["attacks"] = cfg.attacks
+            row["complete"] = n == (cfg.n_examples or n)
+            row["call_seconds"] = round(sum(u.get("call_seconds", u["seconds"]) for u in um), 3)
+            row["call_betas"] = max(int(u.get("call_betas", 1)) for u in um)
+            row["warnings"] = sorted({w for u in um for w in u.get("warnings", [])})
+            rows.append(row)
+    return rows
+
+
+def write_results(run: RunDir, coverage) -> list[dict]:
+    """Merge all finished units of ``run`` into ``outcomes.npz``, ``results.csv`` and ``results.json``.
+
+    Returns:
+        The rows written (see :func:`result_rows`).
+    """
+    outcomes, metas = merge_units(run.read_units())
+    run.write_outcomes(outcomes)
+    rows = result_rows(run, outcomes, metas, coverage)
+    run.write_results(rows, {"experiment": run.experiment, "key": run.key, "coverage": coverage.to_dict()})
+    return rows

@@ -1,0 +1,321 @@
+"""The unit runner: prepare a process (model, data, CT), plan work units, and run them with an engine.
+
+A work unit is (beta, seed, example chunk). Units are independent and idempotent: each finished unit is
+written atomically into the run dir under a key that hashes everything determining it, and a re-run
+skips finished units. Units of one (seed, chunk) form a *work item*: they share the beta = 1 adversarial
+examples (replayed against every CT model by the transfer diagnostic), and an engine that batches betas
+(``engine.batches_betas``) attacks all of them in one call.
+
+:func:`run_worker` is the loop every executor runs (in this process, in worker processes, in Slurm
+jobs): claim an item (``RunDir.claim``), run its missing units, record failures and retry them. This
+module imports no executor and no orchestrator; they import it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ctrobust.config import SweepConfig
+from ctrobust.errors import ConfigError
+from ctrobust.store import PlanEntry, RunDir, load_config
+
+__all__ = ["Unit", "WorkItem", "Prepared", "resolve_device", "prepare", "plan_units", "plan_items", "run_units",
+           "run_worker", "worker_main"]
+
+
+@dataclass
+class Unit:
+    """One work unit: example rows ``pos`` (indices into the eval set) at one (beta, seed)."""
+
+    beta: float
+    seed: int
+    chunk: int
+    pos: np.ndarray
+    key: str
+
+    @property
+    def group(self) -> tuple[int, int]:
+        return (self.seed, self.chunk)
+
+    @property
+    def item(self) -> str:
+        """Name of the work item (the units of one seed and chunk)."""
+        return f"item-s{self.seed}-c{self.chunk}"
+
+    def plan_entry(self) -> PlanEntry:
+        return PlanEntry(self.key, float(self.beta), int(self.seed), int(self.chunk), int(len(self.pos)), self.item)
+
+
+@dataclass
+class WorkItem:
+    """The units of one (seed, chunk): a beta block run by one worker."""
+
+    seed: int
+    chunk: int
+    units: list
+
+    @property
+    def name(self) -> str:
+        return f"item-s{self.seed}-c{self.chunk}"
+
+
+@dataclass
+class Prepared:
+    """Everything loaded once per process: config, run dir, data, model, CT model, coverage."""
+
+    cfg: SweepConfig
+    run: RunDir
+    evalset: object
+    model: torch.nn.Module
+    ct_model: torch.nn.Module
+    coverage: object
+    device: torch.device
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> cuda > mps > cpu; ``cuda:N`` checked against the visible devices."""
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return dev
+
+
+def log(cfg: SweepConfig, msg: str) -> None:
+    if not cfg.quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def prepare(cfg: SweepConfig, device: torch.device | None = None) -> Prepared:
+    """Validate the run dir, load data and model, check CT coverage; writes only ``config.yaml``."""
+    from ctrobust.ct import CTCoverageError, apply_ct, ct_coverage
+    from ctrobust.data import load_eval_set
+    from ctrobust.models import load_model
+
+    device = device or resolve_device(cfg.device)
+    # cheap pre-check of the determining settings before any loading (a mismatch touches nothing)
+    RunDir(cfg.run_dir, cfg, data_hash=None).check(settings_only=True)
+    model = load_model(cfg.model, dataset=cfg.dataset, threat=cfg.threat, model_dir=cfg.model_dir,
+                       device=str(device))
+    evalset = load_eval_set(cfg.dataset, cfg.n_examples, subset=cfg.subset, data=cfg.data,
+                            data_dir=cfg.data_dir)
+    run = RunDir(cfg.run_dir, cfg, evalset.content_hash)
+    run.check()
+    coverage = ct_coverage(model, evalset.x[:1].to(device))
+    if coverage.tuned == 0:
+        found = ", ".join(f"{k} x {v}" for k, v in coverage.unsupported.items()) or "no activation"
+        raise CTCoverageError(f"model {cfg.model!r}: no ReLU to tune: found {found}; CT does not apply")
+    if coverage.missed:
+        raise CTCoverageError(f"model {cfg.model!r}: CT would miss {coverage.missed} ReLU call(s); "
+                              "refusing to report CT results for a partially tuned network")
+    if coverage.unsupported:
+        other = ", ".join(f"{k} x {v}" for k, v in coverage.unsupported.items())
+        log(cfg, f"warning: model {cfg.model!r} also computes activations CT does not tune ({other}); "
+                 "results describe a partially tuned network (recorded as ct_unsupported)")
+    ct_model = apply_ct(model, 1.0, cfg.coeff).eval()
+    run.create()
+    run.clean_stale_tmp()
+    return Prepared(cfg, run, evalset, model, ct_model, coverage, device)
+
+
+def plan_units(cfg: SweepConfig, run: RunDir, ids: np.ndarray) -> list[Unit]:
+    """All units of the sweep, baseline first within each (seed, chunk)."""
+    units = []
+    n = len(ids)
+    for seed in cfg.seeds:
+        for c, start in enumerate(range(0, n, cfg.chunk_size)):
+            pos = np.arange(start, min(n, start + cfg.chunk_size))
+            for beta in cfg.betas:  # descending: 1.0 first
+                units.append(Unit(beta, seed, c, pos, run.unit_key(beta, seed, ids[pos])))
+    return units
+
+
+def plan_items(units) -> list[WorkItem]:
+    """Group units into work items (one per seed and chunk), in plan order."""
+    items: dict[tuple, WorkItem] = {}
+    for u in units:
+        items.setdefault(u.group, WorkItem(u.seed, u.chunk, [])).units.append(u)
+    return list(items.values())
+
+
+def _engine_call(engine, prep: Prepared, pos: np.ndarray, betas: list[float], seed: int):
+    """One engine call on the rows ``pos`` at every beta of ``betas``; returns (outcome, seconds)."""
+    cfg, ev = prep.cfg, prep.evalset
+    reps = len(betas)
+    x = ev.x[pos].repeat(reps, 1, 1, 1)
+    y = ev.y[pos].repeat(reps)
+    ids = ev.ids[pos].repeat(reps)
+    row_betas = torch.tensor(np.repeat(np.asarray(betas, dtype=np.float64), len(pos)))
+    t0 = time.perf_counter()
+    out = engine.run(prep.ct_model, x, y, ids=ids, betas=row_betas, seed=seed, threat=cfg.threat, eps=cfg.eps,
+                     suite=cfg.suite, batch_size=cfg.batch_size, device=prep.device)
+    return out, time.perf_counter() - t0
+
+
+def _per_beta_costs(out, n: int, n_betas: int, secs: float) -> list[dict]:
+    """Measured passes of each beta's rows, and the call's seconds shared out in proportion to them."""
+    if out.row_forward_passes is None:  # the engine counts per call only: one beta per call, or even split
+        fwd = [int(out.forward_passes) // n_betas] * n_betas
+        bwd = [int(out.backward_passes) // n_betas] * n_betas
+    else:
+        fwd = [int(out.row_forward_passes[j * n:(j + 1) * n].sum()) for j in range(n_betas)]
+        bwd = [int(out.row_backward_passes[j * n:(j + 1) * n].sum()) for j in range(n_betas)]
+    total = sum(fwd) + sum(bwd)
+    share = [(f + b) / total if total else 1.0 / n_betas for f, b in zip(fwd, bwd)]
+    return [{"seconds": secs * s, "forward_passes": f, "backward_passes": b, "call_seconds": secs,
+             "call_betas": n_betas} for f, b, s in zip(fwd, bwd, share)]
+
+
+def run_units(prep: Prepared, units: list[Unit], *, on_done=None, bar=None) -> int:
+    """Run the given units (skipping finished ones) and write each atomically. Returns units run.
+
+    Callers that may run concurrently with other processes hold the work item's claim
+    (:func:`run_worker` does); ``bar`` is an optional shared progress bar.
+    """
+    from ctrobust import diagnostics
+    from ctrobust.ct import set_beta
+    from ctrobust.engines import get_engine
+
+    cfg, run, ev = prep.cfg, prep.run, prep.evalset
+    engine = get_engine(cfg.engine)
+    todo = [u for u in units if not run.has_unit(u.key)]
+    groups: dict[tuple, list[Unit]] = {}
+    for u in todo:
+        groups.setdefault(u.group, []).append(u)
+    n_run = 0
+    for (seed, chunk), gunits in groups.items():
+        pos = gunits[0].pos
+        base_key = run.unit_key(1.0, seed, ev.ids[pos].numpy())
+        base = run.read_unit(base_key)
+        x_adv_base = torch.from_numpy(base[0]["x_adv"]) if base is not None else None
+        betas = sorted({u.beta for u in gunits}, reverse=True)
+        if x_adv_base is None and 1.0 not in betas:
+            betas = [1.0] + betas  # the transfer check needs the baseline's adversarial examples
+        calls = [betas] if engine.batches_betas else [[b] for b in betas]
+        for call_betas in calls:
+            out, secs = _engine_call(engine, prep, pos, call_betas, seed)
+            n = len(pos)
+            costs = _per_beta_costs(out, n, len(call_betas), secs)
+            for j, beta in enumerate(call_betas):
+                sl = slice(j * n, (j + 1) * n)
+                xa = out.x_adv[sl]
+                if beta == 1.0:
+                    x_adv_base = xa
+                x = ev.x[pos]
+                y = ev.y[pos]
+                set_beta(prep.ct_model, float(beta))
+                gh = diagnostics.gradient_health(prep.ct_model, x.to(prep.device), y.to(prep.device))
+                tr = diagnostics.transfer_flags(prep.ct_model, x.to(prep.device), x_adv_base.to(prep.device),
+                                                y.to(prep.device))
+                arrays = {"id": ev.ids[pos].numpy().astype(np.int64), "label": y.numpy().astype(np.int64),
+                          "clean_correct": out.clean_correct[sl].astype(bool),
+                          "robust": out.robust[sl].astype(bool),
+                          "broken_by": np.asarray(out.broken_by[sl]).astype(str),
+                          "grad_zero": np.asarray(gh["grad_zero"], bool),
+                          "grad_nonfinite": np.asarray(gh["grad_nonfinite"], bool),
+                          "transfer_broken": np.asarray(tr, bool)}
+                if beta == 1.0:
+                    arrays["x_adv"] = xa.numpy().astype(np.float32)
+                meta = {"beta": float(beta), "seed": int(seed), "chunk": int(chunk), "n": int(n),
+                        **costs[j], "device": str(prep.device), "batch_size": int(out.batch_size),
+                        "engine": engine.name, "warnings": list(out.warnings)}
+                key = run.unit_key(beta, seed, ev.ids[pos].numpy())
+                if not run.has_unit(key):
+                    run.write_unit(key, arrays, meta)
+                    n_run += 1
+                    if bar is not None:
+                        bar.update(1)
+                    if on_done is not None:
+                        on_done(beta, seed)
+    return n_run
+
+
+def run_worker(prep: Prepared, units, *, poll: float = 0.5, wait: bool = True, bar=None, on_done=None) -> int:
+    """The worker loop: claim items, run their missing units, retry failures; returns units run here.
+
+    Args:
+        prep: this worker's :class:`Prepared` (config, run dir, data, model on its device).
+        units: all planned units.
+        wait: after the last free item, wait for items claimed by other workers; take them over if their
+            worker dies.
+
+    Raises:
+        RuntimeError: some item failed more than ``max_retries + 1`` times (named in the message).
+    """
+    run = prep.run
+    max_retries = prep.cfg.max_retries
+    n_run = 0
+    items = plan_items(units)
+    while True:
+        pending = [it for it in items if not all(run.has_unit(u.key) for u in it.units)]
+        runnable = [it for it in pending if run.failure(it.name).attempts <= max_retries]
+        if not runnable:
+            break
+        progressed = False
+        for it in runnable:
+            with run.claim(it.name) as mine:
+                if not mine:
+                    continue
+                progressed = True
+                try:
+                    n_run += run_units(prep, it.units, bar=bar, on_done=on_done)
+                except (KeyboardInterrupt, ConfigError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - recorded and re-queued
+                    f = run.record_failure(it.name, exc)
+                    print(f"ctrobust: {it.name} failed (attempt {f.attempts}/{max_retries + 1}): {exc}",
+                          file=sys.stderr)
+        if not progressed:
+            if not wait:
+                break
+            time.sleep(poll)  # every remaining item is held by another live worker
+    failed = [it.name for it in items if run.failure(it.name).attempts > max_retries
+              and not all(run.has_unit(u.key) for u in it.units)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} work item(s) failed {max_retries + 1} times "
+                           f"(see {run.units_dir}/*.failed): {', '.join(failed[:5])}")
+    return n_run
+
+
+def worker_main(run_dir: str, device: str | None = None, quiet: bool = True) -> int:
+    """Run as a worker on an existing run dir (its config.yaml decides everything but the device)."""
+    cfg = load_config(run_dir)
+    cfg.out = str(run_dir)
+    cfg.quiet = quiet
+    if device:
+        cfg.device = device
+    prep = prepare(cfg, resolve_device(cfg.device))
+    units = plan_units(cfg, prep.run, prep.evalset.ids.numpy())
+    return run_worker(prep, units)
+
+
+def _main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m ctrobust.runner")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("worker", help="run as a sweep worker on an existing run dir")
+    w.add_argument("run_dir", type=Path)
+    w.add_argument("--device")
+    a = p.parse_args(argv)
+    worker_main(str(a.run_dir), a.device)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_main())
