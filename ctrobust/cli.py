@@ -26,10 +26,25 @@ examples:
   ctrobust sweep --model Standard --eps 8/255 --n-examples 100 --subset first --betas 0.8,0.9,0.95 --device cuda:0
   # the paper protocol from a file, overriding the output folder
   ctrobust sweep --config configs/standard_linf.yaml --out runs/std_paper
+  # the CT paper's CIFAR ResNet-18, its reference checkpoint, CT on nn.ReLU modules only (as the reference)
+  ctrobust sweep --model ct-paper/resnet18 --checkpoint ckpts/resnet18_cifar10_epoch200.pth --ct-scope modules
+  # your own model: a factory returning an nn.Module on [0, 1] input
+  ctrobust sweep --model my_nets.py:make_model --dataset cifar10 --out runs/mine
   # offline, with images shipped in packages and the exact pyautoattack path
   ctrobust sweep --model bundled/resnet18-cifar10 --data bundled --n-examples 20 --subset first \\
       --betas 0.9 --eps 1/255 --engine reference --device cpu
   # interrupted? run the same command again: finished units are skipped
+"""
+
+REPRODUCE_EXAMPLES = """\
+examples:
+  # the paper's ResNet-50 row on a GPU machine (weights and data placed as the error message says)
+  ctrobust reproduce ct-paper --model resnet50 --out runs/paper-r50
+  # CIFAR-10 only, the reference protocol only
+  ctrobust reproduce ct-paper --model resnet18 --datasets cifar10 --protocols reference
+  # a tiny offline version (bundled images; a checkpoint in <model-dir>/ct-paper/)
+  ctrobust reproduce ct-paper --model resnet18 --datasets cifar10 --data bundled --n-examples 20 \\
+      --seeds 42 --betas 0.9 --attacks apgd-ce --model-dir ckpts --out runs/tiny-study
 """
 
 MAIN_EXAMPLES = """\
@@ -40,6 +55,7 @@ examples:
   ctrobust report runs/demo                       # oracle vs held-out beta, intervals, masking flags
   ctrobust check runs/demo --against tests/golden/demo.json
   ctrobust models --dataset cifar10 --threat Linf --coverage
+  ctrobust models --coverage --only ct-paper/resnet18   # CT coverage per scope (all / modules)
 """
 
 
@@ -50,13 +66,25 @@ class _Parser(argparse.ArgumentParser):
 
 def _sweep_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("experiment (these determine results)")
-    g.add_argument("--model", help="RobustBench name (e.g. Standard) or bundled/resnet18-cifar10 [Standard]")
+    g.add_argument("--model", help="RobustBench name (e.g. Standard), bundled/resnet18-cifar10, ct-paper/resnet18 "
+                                   "(34, 50, 101, 152; CIFAR), torchvision/<name> or timm/<name> (ImageNet), "
+                                   "py:package.module:factory or path/to/file.py:factory; `ctrobust models` lists "
+                                   "them [Standard]")
+    g.add_argument("--checkpoint", metavar="FILE", help="state_dict for ct-paper/, torchvision/, timm/ and factory "
+                                                        "models (weights_only=True; keys must match) "
+                                                        "[the family's own weights]")
     g.add_argument("--dataset", help="cifar10 | cifar100 | imagenet [cifar10]")
     g.add_argument("--threat", help="Linf | L2 [Linf]")
     g.add_argument("--eps", help="budget in [0,1] pixel scale, e.g. 8/255 [8/255 for Linf, 0.5 for L2]")
     g.add_argument("--betas", nargs="+", help="start:stop:step or a list, e.g. 0.70:0.99:0.01 or 0.9,0.95; "
                                    "beta = 1 is always added [0.70:0.99:0.01]")
     g.add_argument("--coeff", type=float, help="CT mixing coefficient c in [0, 1] [0.5]")
+    g.add_argument("--ct-scope", dest="ct_scope", help="all (every ReLU the forward computes) | modules (only "
+                                                       "nn.ReLU/nn.LeakyReLU submodules, as the CT reference "
+                                                       "code) [all]")
+    g.add_argument("--protocol", help="valid (the stated threat model, pixel space) | reference (the CT reference "
+                                      "code's measurement: normalized-space attack with a [0, 1] clamp there, CT "
+                                      "on nn.ReLU modules, pyautoattack; NOT the stated eps-ball) [valid]")
     g.add_argument("--seeds", nargs="+", help="attack seed(s), e.g. 0 or 42,43,44 or 42 43 44 [0]")
     g.add_argument("--n-examples", dest="n_examples", help="number of test examples, or all [1000]")
     g.add_argument("--subset", help="balanced (n/classes per class, the paper's protocol) | first [balanced]")
@@ -68,7 +96,8 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--chunk-size", dest="chunk_size", help="examples per work unit [500]")
     h = p.add_argument_group("where and how (never change results of the fast engine)")
     h.add_argument("--data-dir", dest="data_dir", help="dataset folder [$CTROBUST_DATA_DIR or user cache]")
-    h.add_argument("--model-dir", dest="model_dir", help="RobustBench checkpoint folder "
+    h.add_argument("--model-dir", dest="model_dir", help="checkpoint folder: <dir>/<dataset>/<threat>/<name>.pt "
+                                                         "(RobustBench), <dir>/ct-paper/ "
                                                          "[$CTROBUST_MODEL_DIR or user cache]")
     h.add_argument("--batch-size", dest="batch_size", help="N | auto (largest that fits; backs off on OOM) [auto]")
     h.add_argument("--device", help="auto | cuda | cuda:N | mps | cpu [auto = cuda > mps > cpu]")
@@ -93,10 +122,10 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
                         "machine) [detected]")
 
 
-_SWEEP_KEYS = ("model", "dataset", "threat", "eps", "betas", "coeff", "seeds", "n_examples", "subset", "data",
-               "attacks", "engine", "chunk_size", "data_dir", "model_dir", "batch_size", "device", "out",
-               "quiet", "executor", "workers", "max_retries", "slurm_partition", "slurm_time",
-               "slurm_gpus_per_task", "slurm_array_parallelism", "slurm_extra", "slurm_cluster")
+_SWEEP_KEYS = ("model", "checkpoint", "dataset", "threat", "eps", "betas", "coeff", "ct_scope", "seeds",
+               "n_examples", "subset", "data", "attacks", "engine", "chunk_size", "protocol", "data_dir", "model_dir",
+               "batch_size", "device", "out", "quiet", "executor", "workers", "max_retries", "slurm_partition",
+               "slurm_time", "slurm_gpus_per_task", "slurm_array_parallelism", "slurm_extra", "slurm_cluster")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,17 +174,44 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--split-seed", dest="split_seed", type=int, default=0)
     r.add_argument("--out", help="write the report to this file instead of stdout")
 
-    m = sub.add_parser("models", help="list RobustBench models for a dataset/threat (and CT coverage)",
-                       epilog="example:\n  ctrobust models --dataset cifar10 --threat Linf --coverage\n",
+    m = sub.add_parser("models", help="list RobustBench models and the other model families (and CT coverage)",
+                       epilog="examples:\n  ctrobust models --dataset cifar10 --threat Linf --coverage\n"
+                              "  ctrobust models --coverage --only ct-paper/resnet18 --dataset cifar10\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("--dataset", default="cifar10")
     m.add_argument("--threat", default="Linf")
+    m.add_argument("--model-dir", dest="model_dir", help="checkpoint folder shown in the families list")
     m.add_argument("--coverage", action="store_true",
-                   help="build each architecture without weights and count the ReLUs CT reaches")
-    m.add_argument("--only", nargs="+", metavar="NAME", help="only these models (with --coverage)")
+                   help="build each architecture without weights and count the ReLUs CT reaches, per CT scope "
+                        "(all / modules)")
+    m.add_argument("--only", nargs="+", metavar="NAME", help="only these models, of any family (with --coverage)")
 
     st = sub.add_parser("status", help="done / running / pending / failed units of a run dir, ETA")
     st.add_argument("run_dir", metavar="RUN_DIR")
+
+    rp = sub.add_parser("reproduce", help="a study: the paper's robustness table under the reference protocol "
+                                          "and the valid one, with a decomposition (resumable)",
+                        epilog=REPRODUCE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rp.add_argument("study", metavar="STUDY", help="ct-paper")
+    rp.add_argument("--model", default="resnet50", help="resnet18 | resnet50 | resnet152 [resnet50]")
+    rp.add_argument("--datasets", nargs="+", default=["cifar10,cifar100,imagenet"],
+                    help="comma/space list [cifar10,cifar100,imagenet]")
+    rp.add_argument("--threat", default="Linf", help="Linf | L2 [Linf]")
+    rp.add_argument("--protocols", nargs="+", default=["reference,valid"], help="reference,valid [both]")
+    rp.add_argument("--out", help="study directory [runs/reproduce-<study>-<model>-<threat>]")
+    rp.add_argument("--n-examples", dest="n_examples", help="examples per dataset (shrink for a quick look) [1000]")
+    rp.add_argument("--data", help="full | bundled [full]")
+    for flag, dest, hlp in (("--data-dir", "data_dir", None), ("--model-dir", "model_dir", None),
+                            ("--engine", "engine", "engine of the valid-protocol cells [fast]"),
+                            ("--attacks", "attacks", "shrink the attacks (default: standard AutoAttack)"),
+                            ("--device", "device", None), ("--batch-size", "batch_size", None),
+                            ("--executor", "executor", None), ("--slurm-partition", "slurm_partition", None),
+                            ("--slurm-cluster", "slurm_cluster", None)):
+        rp.add_argument(flag, dest=dest, help=hlp)
+    rp.add_argument("--seeds", nargs="+", help="override the paper's seeds 42 43 44 (shrink)")
+    rp.add_argument("--betas", nargs="+", help="override the paper's grid 0.70:0.99:0.01 (shrink)")
+    rp.add_argument("--workers", type=int)
+    rp.add_argument("--quiet", action="store_true", default=None)
     return p
 
 
@@ -258,28 +314,43 @@ def _cmd_report(a) -> int:
 
 def _cmd_models(a) -> int:
     from ctrobust import models
+    from ctrobust.ct import SCOPES
 
     if not a.coverage:
         for name in models.list_models(a.dataset, a.threat):
             print(name)
+        print(f"\nmodel families (--model NAME; weights):")
+        for fam in models.model_families():
+            names = fam.names(a.dataset) if fam.names is not None else []
+            datasets = ", ".join(fam.datasets) or "any dataset"
+            print(f"  {fam.pattern}  [{datasets}]  {fam.about}")
+            if names and fam.name != "bundled":
+                print(f"      names: {', '.join(names)}")
+            print(f"      weights: {fam.weights(a.dataset, a.model_dir)}")
         return 0
-    print(f"{'model':<48} {'relu mod':>8} {'relu fn':>7} {'leaky':>5} {'missed':>6}  {'CT':<8}  other activations")
+    scopes = list(SCOPES)
+    head = "".join(f"  {s + ':':<9}{'tuned':>6} {'untouched':>9} {'missed':>6} {'CT':<8}" for s in scopes)
+    print(f"{'model':<48} {'relu mod':>8} {'relu fn':>7} {'leaky':>5}{head}  other activations")
 
     def show(r):
-        cov = r["coverage"]  # a ctrobust.ct.Coverage, None when the architecture could not be built/run
-        if cov is None:
-            print(f"{r['name']:<48} {'-':>8} {'-':>7} {'-':>5} {'-':>6}  {r['status']:<8}  ({r['error']})",
-                  flush=True)
+        if not r["by_scope"]:  # the architecture could not be built/run
+            cells = "".join(f"  {'':<9}{'-':>6} {'-':>9} {'-':>6} {r['status']:<8}" for _ in scopes)
+            print(f"{r['name']:<48} {'-':>8} {'-':>7} {'-':>5}{cells}  ({r['error']})", flush=True)
             return
-        print(f"{r['name']:<48} {cov.relu_modules:>8} {cov.relu_functional:>7} {cov.leaky_relu:>5} "
-              f"{cov.missed:>6}  {r['status']:<8}  {r['unsupported']}", flush=True)
+        cov = r["coverage"]  # a ctrobust.ct.Coverage (first scope); counts are the same under every scope
+        cells = "".join(f"  {'':<9}{c.tuned:>6} {c.untouched:>9} {c.missed:>6} {r['status_by_scope'][s]:<8}"
+                        for s, c in r["by_scope"].items())
+        print(f"{r['name']:<48} {cov.relu_modules:>8} {cov.relu_functional:>7} {cov.leaky_relu:>5}{cells}  "
+              f"{r['unsupported']}", flush=True)
 
-    rows = models.coverage_table(a.dataset, a.threat, names=a.only, on_row=show)
+    rows = models.coverage_table(a.dataset, a.threat, names=a.only, on_row=show, scopes=scopes)
     counts = {}
     for r in rows:
         counts[r.get("status")] = counts.get(r.get("status"), 0) + 1
     print("CT status: full = every activation is a ReLU CT tunes; partial = ReLUs tuned but other "
-          "activations remain; none = no ReLU (CT does nothing); " +
+          "activations remain, or the scope leaves some ReLUs untouched; none = no ReLU tuned (CT does nothing); "
+          "scope all = every ReLU the forward computes, modules = nn.ReLU submodules only (the CT reference); "
+          "under scope all: " +
           ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))))
     return 0
 
@@ -312,8 +383,23 @@ def _cmd_status(a) -> int:
     return 0
 
 
+def _cmd_reproduce(a) -> int:
+    from ctrobust.study import run_study, spec_from_options
+
+    out = a.out or f"runs/reproduce-{a.study}-{str(a.model).lower()}-{a.threat}"
+    opts = {k: getattr(a, k) for k in ("n_examples", "data", "data_dir", "model_dir", "engine", "attacks", "device",
+                                       "batch_size", "executor", "slurm_partition", "slurm_cluster", "seeds",
+                                       "betas", "workers", "quiet")}
+    spec = spec_from_options(a.study, model=a.model, datasets=a.datasets, threat=a.threat, protocols=a.protocols,
+                             out=out, **opts)
+    res = run_study(spec)
+    print(f"ran {res.units_run} unit(s), {res.units_skipped} already done")
+    print(f"report: {res.report_md}\nfigure: {res.out / 'figures' / 'study.png'}")
+    return 0
+
+
 _COMMANDS = {"sweep": _cmd_sweep, "demo": _cmd_demo, "plot": _cmd_plot, "check": _cmd_check,
-             "report": _cmd_report, "models": _cmd_models, "status": _cmd_status}
+             "report": _cmd_report, "models": _cmd_models, "status": _cmd_status, "reproduce": _cmd_reproduce}
 
 
 def main(argv=None) -> int:
@@ -336,6 +422,8 @@ def main(argv=None) -> int:
         if debug:
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if getattr(exc, "all_lines", False):  # a list of every missing input (one per line)
+            msg = str(exc).strip()
         if isinstance(exc, _bad_input_types()):
             print(f"ctrobust: error: {msg}", file=sys.stderr)
             return 2

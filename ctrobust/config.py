@@ -22,6 +22,7 @@ from ctrobust import attacks as _attacks
 from ctrobust._registry import UnknownNameError, did_you_mean
 from ctrobust.data import parse_dataset, parse_source, parse_subset
 from ctrobust.engines import get_engine, list_engines
+from ctrobust.protocols import get_protocol, reference_batch_size
 from ctrobust.errors import ConfigError
 from ctrobust.threat import DEFAULT_EPS, Threat
 
@@ -34,8 +35,28 @@ EXECUTORS = ("local", "gpus", "slurm")
 
 # Settings that determine a result (part of every unit key and checked when a run dir is reused);
 # ``attacks`` enters the key as the attack suite's full parameters (``AttackSuite.params``).
-DETERMINING_FIELDS = ("model", "dataset", "threat", "eps", "betas", "coeff", "seeds", "n_examples", "subset",
-                      "data", "attacks", "engine", "chunk_size")
+# A model given as code or checkpoint also enters the experiment with a hash of its weights (``model_weights``,
+# added by ``runner.prepare`` once the model is loaded), so two different models never share units.
+DETERMINING_FIELDS = ("model", "checkpoint", "dataset", "threat", "eps", "betas", "coeff", "ct_scope", "seeds",
+                      "n_examples", "subset", "data", "attacks", "engine", "chunk_size", "protocol")
+
+
+#: examples per work unit unless the protocol or the user says otherwise.
+DEFAULT_CHUNK = 500
+
+
+def _fixed_by(proto, attr: str, flag: str, value, default, choices, kind: str):
+    """A setting the protocol may fix: ``value`` canonical, the protocol's if it fixes one (a conflicting
+    explicit ``value`` is an error), else ``default``."""
+    fixed = getattr(proto, attr)
+    if value is not None:
+        value = _canon(value, choices, kind)
+    if fixed is not None:
+        if value is not None and value != fixed:
+            raise ConfigError(f"--protocol {proto.name} fixes {flag} {fixed} (the CT reference code's setting); "
+                              f"drop {flag} {value}")
+        return fixed
+    return default if value is None else value
 
 
 def _owned(parse, value):
@@ -162,21 +183,33 @@ class SweepConfig:
     """Every setting of a sweep, with its default. See ``ctrobust sweep --help``.
 
     Attributes:
-        model: RobustBench model name (e.g. ``Standard``) or a bundled one (``bundled/resnet18-cifar10``).
+        model: a RobustBench name (e.g. ``Standard``), ``bundled/resnet18-cifar10``, ``ct-paper/resnet18`` (and
+            34, 50, 101, 152; CIFAR), ``torchvision/<name>`` or ``timm/<name>`` (ImageNet), or your own model:
+            ``py:package.module:factory`` / ``path/to/file.py:factory`` (see ``ctrobust models``).
+        checkpoint: a state_dict file for ``ct-paper/``, ``torchvision/``, ``timm/`` and factory models
+            (default: the family's own weights); the run is then keyed by the weights' hash.
         dataset: ``cifar10``, ``cifar100`` or ``imagenet``.
         threat: ``Linf`` or ``L2``.
         eps: perturbation budget in [0, 1] pixel scale; default 8/255 (Linf) or 0.5 (L2).
         betas: CT betas; beta = 1 is always included. Default: the paper's 0.70..0.99 step 0.01.
         coeff: CT mixing coefficient c in [0, 1].
+        ct_scope: ``all`` (every ReLU the forward computes, ctrobust's default) or ``modules`` (only
+            ``nn.ReLU``/``nn.LeakyReLU`` submodules, as the CT reference code's ``replace_module``); the
+            ``reference`` protocol fixes ``modules``.
         seeds: attack seeds; each (beta, seed) pair is one result row.
         n_examples: test examples (``None`` = the whole set).
         subset: ``balanced`` (n/classes per class in test-set order; the CT paper's protocol) or ``first``.
         data: ``full`` (torchvision/RobustBench files) or ``bundled`` (images shipped in packages; offline).
         attacks: ``standard`` (APGD-CE, APGD-T, FAB-T, Square), ``rand``, or a comma list.
-        engine: ``fast`` (ctrobust's early-exit, beta-batched AutoAttack) or ``reference`` (pyautoattack).
+        engine: ``fast`` (ctrobust's early-exit, beta-batched AutoAttack; the default) or ``reference``
+            (pyautoattack).
         batch_size: ``auto`` (largest that fits, backing off on CUDA OOM) or an int.
         device: ``auto`` (cuda > mps > cpu), ``cuda``, ``cuda:N``, ``mps``, ``cpu``.
-        chunk_size: examples per work unit (resume granularity).
+        chunk_size: examples per work unit (resume granularity); default 500, or every example in one
+            chunk under the ``reference`` protocol.
+        protocol: ``valid`` (the stated threat model, pixel space) or ``reference`` (the CT reference code's
+            measurement: normalized-space attack with a [0, 1] clamp there, CT scope ``modules``, the
+            ``reference`` engine, batch 1000 on CIFAR / 250 on ImageNet; see :mod:`ctrobust.protocols`).
         executor: ``local`` (this process), ``gpus`` (one worker process per GPU, or ``workers`` on the
             CPU) or ``slurm`` (a submitit job array); never changes results.
         slurm_cluster: submitit's cluster (default: detected); ``local`` / ``debug`` run the Slurm path on
@@ -185,11 +218,13 @@ class SweepConfig:
     """
 
     model: str = "Standard"
+    checkpoint: str | None = None
     dataset: str = "cifar10"
     threat: str = "Linf"
     eps: float | None = None
     betas: list = field(default_factory=lambda: parse_betas(PAPER_BETAS))
     coeff: float = 0.5
+    ct_scope: str | None = None
     seeds: list = field(default_factory=lambda: [0])
     n_examples: int | None = 1000
     subset: str = "balanced"
@@ -197,10 +232,11 @@ class SweepConfig:
     data_dir: str | None = None
     model_dir: str | None = None
     attacks: str = "standard"
-    engine: str = "fast"
+    engine: str | None = None
     batch_size: Any = "auto"
     device: str = "auto"
-    chunk_size: int = 500
+    chunk_size: int | None = None
+    protocol: str = "valid"
     out: str | None = None
     # execution (issue 7): where units run; never changes results
     executor: str = "local"
@@ -217,8 +253,17 @@ class SweepConfig:
     # ---------------------------------------------------------------------------------------------
     def validate(self) -> "SweepConfig":
         """Canonicalize and check every field (raises ``ConfigError``); returns self."""
+        from ctrobust.ct import SCOPES
+        from ctrobust.models import check_model_options
+
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError("model must be a non-empty name, e.g. Standard")
+        if self.checkpoint is not None:
+            if not str(self.checkpoint).strip():
+                raise ConfigError("checkpoint must be a file path")
+            # absolute, so that workers started elsewhere (Slurm) read the same file
+            self.checkpoint = str(Path(str(self.checkpoint)).expanduser().absolute())
+        check_model_options(self.model, self.checkpoint)
         self.dataset = _owned(parse_dataset, self.dataset)
         self.threat = _owned(Threat.parse, self.threat).value
         self.eps = DEFAULT_EPS[Threat(self.threat)] if self.eps is None else parse_eps(self.eps)
@@ -231,6 +276,9 @@ class SweepConfig:
             raise ConfigError(f"bad coeff {self.coeff!r}: expected a number in [0, 1]") from None
         if not 0.0 <= self.coeff <= 1.0:
             raise ConfigError(f"coeff {self.coeff:g} is outside [0, 1]")
+        proto = _owned(get_protocol, self.protocol)
+        self.protocol = proto.name
+        self.ct_scope = _fixed_by(proto, "ct_scope", "--ct-scope", self.ct_scope, "all", SCOPES, "CT scope")
         self.seeds = parse_seeds(self.seeds)
         if self.n_examples is not None:
             if str(self.n_examples).lower() in ("all", "none"):
@@ -245,9 +293,10 @@ class SweepConfig:
         self.subset = _owned(parse_subset, self.subset)
         self.data = _owned(parse_source, self.data)
         self.attacks = _parse_suite(self.attacks).label
-        self.engine = _canon(self.engine, list_engines(), "engine")
+        self.engine = _fixed_by(proto, "engine", "--engine", self.engine, "fast", list_engines(), "engine")
         if str(self.batch_size).lower() == "auto":
-            self.batch_size = "auto"
+            # the reference protocol batches as the CT reference code (pyautoattack reseeds every batch)
+            self.batch_size = reference_batch_size(self.dataset) if proto.name == "reference" else "auto"
         else:
             try:
                 self.batch_size = int(self.batch_size)
@@ -259,6 +308,9 @@ class SweepConfig:
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", dev):
             raise ConfigError(f"bad device {self.device!r}: use auto, cuda, cuda:N, mps or cpu")
         self.device = dev
+        if self.chunk_size is None:
+            # the reference protocol: one chunk, so pyautoattack's batches are the reference's
+            self.chunk_size = (self.n_examples or 10 ** 9) if proto.name == "reference" else DEFAULT_CHUNK
         try:
             self.chunk_size = int(self.chunk_size)
         except (TypeError, ValueError):
@@ -285,7 +337,8 @@ class SweepConfig:
     def run_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        name = self.model.replace("/", "-")
+        # file-name safe: py:pkg.mod:make and ../nets.py:make become plain folder names
+        name = re.sub(r"[^A-Za-z0-9._+-]", "-", self.model).lstrip(".-") or "model"
         return Path("runs") / f"{name}_{self.dataset}_{self.threat}_{format_eps(self.eps)}"
 
     def determining(self) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ctrobust.attacks import ATTACKS, attack_order
 
-__all__ = ["plot_runs"]
+__all__ = ["plot_runs", "plot_study"]
 
 #: plot colour per attack, from the registry (:attr:`ctrobust.attacks.AttackSpec.color`).
 _ATTACK_COLORS = {name: spec.color for name, spec in ATTACKS.items()}
@@ -29,6 +29,21 @@ def _per_beta(rows: list[dict], key: str):
         lo.append(np.mean([r[f"{key}_lo"] for r in rs]))
         hi.append(np.mean([r[f"{key}_hi"] for r in rs]))
     return np.array(betas), np.array(mean), np.array(lo), np.array(hi)
+
+
+def _save(fig, out_dir: Path, name: str, formats) -> list[Path]:
+    """Write ``fig`` as ``<out_dir>/<name>.<fmt>`` for each format and close it."""
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for fmt in formats:
+        p = out_dir / f"{name}.{fmt}"
+        tmp = p.with_name(f".{p.name}.tmp.{fmt}")
+        fig.savefig(tmp, dpi=150, format=fmt)
+        tmp.replace(p)  # atomic: an interrupted redraw never leaves half a figure
+        paths.append(p)
+    plt.close(fig)
+    return paths
 
 
 def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "pdf")) -> list[Path]:
@@ -99,6 +114,8 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
              f"{first.get('threat', '?')} eps={_eps_text(first.get('eps', 0))}\n"
              f"{first.get('attacks', '')} AutoAttack ({first.get('engine', '')} engine), n={n} per beta, "
              f"seed(s) {seeds_txt}, c={first.get('coeff', '?')}")
+    if first.get("protocol") == "reference":
+        title += "\nreference protocol: normalized-space attack with a [0, 1] clamp, NOT the stated eps-ball"
     if len(runs) > 1:
         title = "Curvature Tuning: clean and robust accuracy per beta"
     fig.suptitle(title, fontsize=10)
@@ -114,17 +131,50 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
     axb.grid(alpha=0.3, axis="y")
     axb.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="first broken by", title_fontsize=7)
     fig.tight_layout()
-    paths = []
-    for fmt in formats:
-        p = out_dir / f"{name}.{fmt}"
-        tmp = p.with_name(f".{p.name}.tmp.{fmt}")
-        fig.savefig(tmp, dpi=150, format=fmt)
-        tmp.replace(p)  # atomic: an interrupted redraw never leaves half a figure
-        paths.append(p)
-    plt.close(fig)
-    return paths
+    return _save(fig, out_dir, name, formats)
 
 
 def _eps_text(eps: float) -> str:
     k = float(eps) * 255
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{float(eps):g}"
+
+
+_CELL_STYLE = {"reference": "#c44e52", "pixel": "#dd8452", "valid": "#4c72b0"}
+
+
+def plot_study(report, out_dir, *, name: str = "study", formats=("png", "pdf")) -> list[Path]:
+    """The study figure: clean (dashed) and robust (solid) accuracy against beta, one panel per dataset,
+    one colour per cell (reference protocol, pixel-space threat, valid protocol).
+
+    Args:
+        report: a :class:`ctrobust.report.study.StudyReport`.
+        out_dir: where to write ``<name>.png`` / ``.pdf``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    datasets = list(report.datasets)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4.4), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        for c in (c for c in report.cells if c.dataset == d):
+            b = np.array([p.beta for p in c.curve])
+            color = _CELL_STYLE.get(c.cell, None)
+            label = c.cell + (" (NOT the stated eps-ball)" if c.note else "")
+            ax.plot(b, [p.robust_pct for p in c.curve], "-o", ms=3, color=color, label=f"robust, {label}")
+            ax.plot(b, [p.clean_pct for p in c.curve], "--", color=color, alpha=0.7, label=f"clean, {c.cell}")
+        ax.set_title(d, fontsize=10)
+        ax.set_xlabel(r"CT $\beta$ (1 = original network)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc="best")
+    title = f"Curvature Tuning, the paper's robustness table: {report.model}, {report.threat}"
+    if any(c.note for c in report.cells):
+        title += "\nreference protocol = normalized-space attack with a [0, 1] clamp there: not the stated eps-ball"
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_dir, name, formats)

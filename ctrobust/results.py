@@ -10,11 +10,15 @@ count per row; the reference engine runs one beta per call, so its call totals a
 when one beta-batched call served several betas, the call's seconds are shared out in proportion to each
 beta's measured passes. ``call_seconds`` and ``call_betas`` are the raw measurement: the wall time of the
 engine call(s) that computed the row and how many betas shared them.
+
+Threat model: ``protocol`` and ``threat_note`` (empty for the stated threat model; the ``reference``
+protocol says its points are not in the stated eps-ball), ``pixel_linf_max`` (largest max |x_adv - x| in
+[0, 1] pixel units) and ``in_ball_frac`` (fraction of rows whose point lies in the stated ball).
 """
 
 from __future__ import annotations
 
-
+from ctrobust.protocols import get_protocol
 from ctrobust.stats import wilson_interval
 from ctrobust.store import RunDir, merge_units
 
@@ -28,7 +32,8 @@ def result_rows(run: RunDir, outcomes: dict, metas: list[dict], coverage) -> lis
         run: the run dir (its config gives the grid and the constant columns).
         outcomes: merged per-example outcomes (:func:`ctrobust.store.merge_units`).
         metas: the finished units' metadata.
-        coverage: the model's :class:`ctrobust.ct.Coverage` (written as ``ct_*`` columns).
+        coverage: the model's :class:`ctrobust.ct.Coverage` under the run's CT scope (written as ``ct_*``
+            columns: the counts, ``ct_unsupported``, ``ct_untouched`` and ``ct_scope``).
     """
     cfg = run.cfg
     cov = coverage.to_dict()
@@ -56,6 +61,8 @@ def result_rows(run: RunDir, outcomes: dict, metas: list[dict], coverage) -> lis
                 if k != "unsupported":
                     row[f"ct_{k}"] = v
             row["ct_unsupported"] = ";".join(f"{k} x {v}" for k, v in cov.get("unsupported", {}).items())
+            row["ct_untouched"] = coverage.untouched  # ReLU calls the scope leaves as ReLUs by design
+            row["ct_scope"] = coverage.scope
             row["seconds"] = round(sum(u["seconds"] for u in um), 3)
             row["forward_passes"] = sum(u["forward_passes"] for u in um)
             row["backward_passes"] = sum(u["backward_passes"] for u in um)
@@ -64,6 +71,10 @@ def result_rows(run: RunDir, outcomes: dict, metas: list[dict], coverage) -> lis
             row["engine"] = cfg.engine
             row["attacks"] = cfg.attacks
             row["complete"] = n == (cfg.n_examples or n)
+            row["protocol"] = cfg.protocol
+            row["threat_note"] = get_protocol(cfg.protocol).note
+            row["pixel_linf_max"] = float(outcomes["pixel_linf"][m].max())
+            row["in_ball_frac"] = float(outcomes["in_ball"][m].mean())
             row["call_seconds"] = round(sum(u.get("call_seconds", u["seconds"]) for u in um), 3)
             row["call_betas"] = max(int(u.get("call_betas", 1)) for u in um)
             row["warnings"] = sorted({w for u in um for w in u.get("warnings", [])})
@@ -80,5 +91,5 @@ def write_results(run: RunDir, coverage) -> list[dict]:
     outcomes, metas = merge_units(run.read_units())
     run.write_outcomes(outcomes)
     rows = result_rows(run, outcomes, metas, coverage)
-    run.write_results(rows, {"experiment": run.experiment, "key": run.key, "coverage": coverage.to_dict()})
+    run.write_results(rows, {"experiment": run.experiment, "key": run.key, "coverage": coverage.as_record()})
     return rows

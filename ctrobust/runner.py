@@ -23,6 +23,7 @@ import torch
 
 from ctrobust.config import SweepConfig
 from ctrobust.errors import ConfigError
+from ctrobust.protocols import attack_space, check_model, get_protocol
 from ctrobust.store import PlanEntry, RunDir, load_config
 
 __all__ = ["Unit", "WorkItem", "Prepared", "resolve_device", "prepare", "plan_units", "plan_items", "run_units",
@@ -76,6 +77,7 @@ class Prepared:
     ct_model: torch.nn.Module
     coverage: object
     device: torch.device
+    space: object = None  # protocols.AttackSpace: where the engine attacks (pixel or normalized inputs)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -102,35 +104,59 @@ def log(cfg: SweepConfig, msg: str) -> None:
 
 
 def prepare(cfg: SweepConfig, device: torch.device | None = None) -> Prepared:
-    """Validate the run dir, load data and model, check CT coverage; writes only ``config.yaml``."""
+    """Validate the run dir, load data and model, check CT coverage; writes only ``config.yaml``.
+
+    A model given as code or checkpoint (``ctrobust.models.keyed_by_weights``) enters the experiment with the
+    hash of its weights (``model_weights``), so a different model never reuses this run dir's units.
+    Under ``cfg.ct_scope == "modules"`` the ReLU calls the scope leaves as ReLUs (functional calls, ReLU
+    modules built inside ``forward``) are expected and logged; ReLU calls CT *missed* are refused either way.
+    """
     from ctrobust.ct import CTCoverageError, apply_ct, ct_coverage
-    from ctrobust.data import load_eval_set
-    from ctrobust.models import load_model
+    from ctrobust.data import load_eval_set, num_classes
+    from ctrobust.models import check_logits, keyed_by_weights, load_model, weights_fingerprint
 
     device = device or resolve_device(cfg.device)
     # cheap pre-check of the determining settings before any loading (a mismatch touches nothing)
     RunDir(cfg.run_dir, cfg, data_hash=None).check(settings_only=True)
     model = load_model(cfg.model, dataset=cfg.dataset, threat=cfg.threat, model_dir=cfg.model_dir,
-                       device=str(device))
+                       device=str(device), checkpoint=cfg.checkpoint)
+    protocol = get_protocol(cfg.protocol)
+    try:
+        check_model(protocol, model)
+    except ValueError as exc:  # the reference protocol on a model whose normalization is unknown
+        raise ConfigError(f"model {cfg.model!r}: {exc}") from None
+    weights = weights_fingerprint(model) if keyed_by_weights(cfg.model, cfg.checkpoint) else None
     evalset = load_eval_set(cfg.dataset, cfg.n_examples, subset=cfg.subset, data=cfg.data,
                             data_dir=cfg.data_dir)
-    run = RunDir(cfg.run_dir, cfg, evalset.content_hash)
+    run = RunDir(cfg.run_dir, cfg, evalset.content_hash, model_weights=weights)
     run.check()
-    coverage = ct_coverage(model, evalset.x[:1].to(device))
+    x1 = evalset.x[:1].to(device)
+    check_logits(model, x1, num_classes(cfg.dataset), cfg.model)
+    coverage = ct_coverage(model, x1, scope=cfg.ct_scope)
     if coverage.tuned == 0:
         found = ", ".join(f"{k} x {v}" for k, v in coverage.unsupported.items()) or "no activation"
+        if coverage.untouched:
+            raise CTCoverageError(f"model {cfg.model!r}: --ct-scope {cfg.ct_scope} tunes none of its "
+                                  f"{coverage.untouched} ReLU call(s) (none is an nn.ReLU submodule); "
+                                  + ("the reference protocol cannot tune it" if cfg.protocol == "reference"
+                                     else "use --ct-scope all"))
         raise CTCoverageError(f"model {cfg.model!r}: no ReLU to tune: found {found}; CT does not apply")
     if coverage.missed:
         raise CTCoverageError(f"model {cfg.model!r}: CT would miss {coverage.missed} ReLU call(s); "
                               "refusing to report CT results for a partially tuned network")
+    if coverage.untouched:
+        log(cfg, f"note: --ct-scope {cfg.ct_scope} tunes {coverage.tuned} ReLU call(s) and leaves "
+                 f"{coverage.untouched} as ReLUs (functional calls and ReLU modules built inside forward), as "
+                 "the CT reference code does (recorded as ct_untouched)")
     if coverage.unsupported:
         other = ", ".join(f"{k} x {v}" for k, v in coverage.unsupported.items())
         log(cfg, f"warning: model {cfg.model!r} also computes activations CT does not tune ({other}); "
                  "results describe a partially tuned network (recorded as ct_unsupported)")
-    ct_model = apply_ct(model, 1.0, cfg.coeff).eval()
+    ct_model = apply_ct(model, 1.0, cfg.coeff, scope=cfg.ct_scope).eval()
+    space = attack_space(protocol, ct_model)
     run.create()
     run.clean_stale_tmp()
-    return Prepared(cfg, run, evalset, model, ct_model, coverage, device)
+    return Prepared(cfg, run, evalset, model, ct_model, coverage, device, space)
 
 
 def plan_units(cfg: SweepConfig, run: RunDir, ids: np.ndarray) -> list[Unit]:
@@ -154,17 +180,39 @@ def plan_items(units) -> list[WorkItem]:
 
 
 def _engine_call(engine, prep: Prepared, pos: np.ndarray, betas: list[float], seed: int):
-    """One engine call on the rows ``pos`` at every beta of ``betas``; returns (outcome, seconds)."""
+    """One engine call on the rows ``pos`` at every beta of ``betas``; returns (outcome, seconds).
+
+    The engine attacks in the protocol's space (``prep.space``); the outcome's ``x_adv`` is mapped back to
+    [0, 1] pixel space (rows not broken keep their clean image exactly).
+    """
     cfg, ev = prep.cfg, prep.evalset
+    space = prep.space
     reps = len(betas)
     x = ev.x[pos].repeat(reps, 1, 1, 1)
     y = ev.y[pos].repeat(reps)
     ids = ev.ids[pos].repeat(reps)
     row_betas = torch.tensor(np.repeat(np.asarray(betas, dtype=np.float64), len(pos)))
     t0 = time.perf_counter()
-    out = engine.run(prep.ct_model, x, y, ids=ids, betas=row_betas, seed=seed, threat=cfg.threat, eps=cfg.eps,
-                     suite=cfg.suite, batch_size=cfg.batch_size, device=prep.device)
-    return out, time.perf_counter() - t0
+    out = engine.run(space.model, space.to_space(x), y, ids=ids, betas=row_betas, seed=seed, threat=cfg.threat,
+                     eps=cfg.eps, suite=cfg.suite, batch_size=cfg.batch_size, device=prep.device,
+                     constraint=space.constraint)
+    secs = time.perf_counter() - t0
+    broken = torch.as_tensor(out.clean_correct & ~out.robust)
+    x_adv = x.clone()
+    x_adv[broken] = space.to_pixel(out.x_adv[broken]).to(x.dtype)
+    out.x_adv = x_adv
+    return out, secs
+
+
+def _pixel_perturbation(x: torch.Tensor, x_adv: torch.Tensor, threat: str, eps: float):
+    """Per row: max |x_adv - x| in [0, 1] pixel units, and whether x_adv is in the stated ball and [0, 1]."""
+    from ctrobust.threat import distances
+
+    linf = (x_adv - x).abs().reshape(x.shape[0], -1).amax(1) if x.numel() else torch.zeros(x.shape[0])
+    flat = x_adv.reshape(x.shape[0], -1)
+    tol = 1e-5  # as check_ball
+    inside = (distances(x, x_adv, threat) <= eps + tol) & (flat.amin(1) >= -tol) & (flat.amax(1) <= 1 + tol)
+    return linf.numpy().astype(np.float32), inside.numpy().astype(bool)
 
 
 def _per_beta_costs(out, n: int, n_betas: int, secs: float) -> list[dict]:
@@ -229,6 +277,7 @@ def run_units(prep: Prepared, units: list[Unit], *, on_done=None, bar=None) -> i
                           "grad_zero": np.asarray(gh["grad_zero"], bool),
                           "grad_nonfinite": np.asarray(gh["grad_nonfinite"], bool),
                           "transfer_broken": np.asarray(tr, bool)}
+                arrays["pixel_linf"], arrays["in_ball"] = _pixel_perturbation(x, xa, cfg.threat, cfg.eps)
                 if beta == 1.0:
                     arrays["x_adv"] = xa.numpy().astype(np.float32)
                 meta = {"beta": float(beta), "seed": int(seed), "chunk": int(chunk), "n": int(n),

@@ -15,7 +15,8 @@ The store owns the whole layout of a run dir; no other module opens its files by
 
 Every write goes to a temporary file in the same folder and is renamed into place (``os.replace``), so a
 killed process leaves either the previous file or the new one, never half of one. A unit's key hashes
-everything that determines it (model, data subset hash, threat, eps, beta, coeff, attacks, seed, engine,
+everything that determines it (model -- and the hash of its weights for a model given as code or
+checkpoint --, CT scope, data subset hash, threat, eps, beta, coeff, attacks, seed, engine,
 chunk, package versions); a run dir whose determining settings differ from the requested ones is refused
 with the list of differences instead of being resumed.
 """
@@ -49,7 +50,7 @@ __all__ = ["RunMismatchError", "RunDir", "PlanEntry", "Failure", "RunStatus", "p
            "UNIT_STATES"]
 
 OUTCOME_FIELDS = ("id", "label", "beta", "seed", "clean_correct", "robust", "broken_by", "grad_zero",
-                  "grad_nonfinite", "transfer_broken")
+                  "grad_nonfinite", "transfer_broken", "pixel_linf", "in_ball")
 
 RESULT_FIELDS = ["model", "dataset", "threat", "eps", "beta", "coeff", "seed", "n", "clean_acc", "clean_lo",
                  "clean_hi", "robust_acc", "robust_lo", "robust_hi"]
@@ -140,12 +141,15 @@ class RunDir:
         path: the run directory.
         cfg: the validated config.
         data_hash: content hash of the evaluated examples (``EvalSet.content_hash``).
+        model_weights: hash of the model's weights (``ctrobust.models.weights_fingerprint``) for a model given
+            as code or checkpoint; ``None`` for named releases (keyed by name). Part of the experiment when set.
     """
 
-    def __init__(self, path, cfg: SweepConfig, data_hash: str):
+    def __init__(self, path, cfg: SweepConfig, data_hash: str, model_weights: str | None = None):
         self.path = Path(path)
         self.cfg = cfg
-        self.experiment = {**cfg.determining(), "data_hash": data_hash, "versions": package_versions()}
+        weights = {"model_weights": model_weights} if model_weights is not None else {}
+        self.experiment = {**cfg.determining(), **weights, "data_hash": data_hash, "versions": package_versions()}
         self.key = stable_hash(self.experiment)
         self._whole: dict[str, tuple] = {}  # unit key -> (size, mtime, inode) of the file found whole
 
@@ -158,7 +162,8 @@ class RunDir:
         """Refuse (``RunMismatchError``) if the dir holds another experiment; touches nothing.
 
         Args:
-            settings_only: compare only the configured settings (before data and versions are known).
+            settings_only: compare only the configured settings (before data, model weights and versions
+                are known).
         """
         cfg_file = self.path / "config.yaml"
         if self.path.exists() and not self.path.is_dir():
@@ -179,7 +184,7 @@ class RunDir:
         new = self.experiment
         old_cmp = {k: v for k, v in old_exp.items() if k != "key"}
         if settings_only:
-            new = {k: v for k, v in new.items() if k not in ("data_hash", "versions")}
+            new = {k: v for k, v in new.items() if k not in ("data_hash", "versions", "model_weights")}
             old_cmp = {k: v for k, v in old_cmp.items() if k in new}
             if stable_hash(old_cmp) == stable_hash(new):
                 return

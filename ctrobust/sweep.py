@@ -84,8 +84,9 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepResult:
              f"executor={cfg.executor}, device={prep.device if in_process else cfg.device}; "
              f"{len(units) - n_done_before}/{len(units)} units to run -> {run.path}")
     cov = prep.coverage
-    log(cfg, f"CT coverage: {cov.relu_modules} ReLU module calls, {cov.relu_functional} functional, "
-             f"{cov.leaky_relu} LeakyReLU, {cov.missed} missed")
+    log(cfg, f"CT coverage (scope {cov.scope}): {cov.relu_modules} ReLU module calls, {cov.relu_functional} "
+             f"functional, {cov.leaky_relu} LeakyReLU; {cov.tuned} tuned, {cov.untouched} untouched, "
+             f"{cov.missed} missed")
     run.write_plan([u.plan_entry() for u in units])
     bar = None
     if in_process and progress and not cfg.quiet:

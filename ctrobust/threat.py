@@ -21,7 +21,14 @@ import torch
 
 from ctrobust._registry import did_you_mean
 
-__all__ = ["Threat", "DEFAULT_EPS", "BallViolationError", "check_ball", "distances"]
+__all__ = ["Threat", "DEFAULT_EPS", "BallViolationError", "CONSTRAINTS", "check_ball", "check_clamped_ball",
+           "check_constraint", "clamped_distances", "distances"]
+
+#: the constraint sets an attack may be checked against: ``ball`` (the threat model: x_adv in [0, 1] and
+#: within eps of x) and ``clamped-ball`` (what AutoAttack computes when its inputs are not images in
+#: [0, 1], e.g. normalized inputs: the [0, 1]-clamp of a point within eps of x; used by the CT reference
+#: protocol, whose points are therefore not in the stated ball in pixel space).
+CONSTRAINTS = ("ball", "clamped-ball")
 
 
 class Threat(str, Enum):
@@ -185,3 +192,82 @@ def check_ball(x_clean: torch.Tensor, x_adv: torch.Tensor, threat: "str | Threat
            + f". Worst distance {worst:.6g} vs eps {eps:.6g}.")
     raise BallViolationError(msg, n_bad=len(bad_idx), n_total=n, first_index=first, worst_distance=worst,
                              bad_indices=bad_idx)
+
+
+def clamped_distances(x: torch.Tensor, x_adv: torch.Tensor, threat: "str | Threat",
+                      tol: float = 1e-5) -> torch.Tensor:
+    """Per-example distance from ``x`` to the nearest ``w`` with ``clamp(w, 0, 1) == x_adv``.
+
+    AutoAttack projects every iterate onto the eps-ball around ``x`` and then clamps it to [0, 1]; when
+    ``x`` itself lies outside [0, 1] (normalized inputs) the clamp moves the point further than eps.
+    Such an ``x_adv`` is what AutoAttack *could* return iff this distance is <= eps. Per pixel the
+    nearest preimage is ``x_adv`` itself inside (0, 1); at the lower face (``x_adv <= tol``) any
+    ``w <= x_adv`` maps there, so the gap is ``max(0, x - x_adv)``; at the upper face (``x_adv >= 1 - tol``)
+    it is ``max(0, x_adv - x)``.
+
+    Args:
+        x: ``(N, ...)`` the attacked inputs (any range).
+        x_adv: ``(N, ...)`` points in [0, 1].
+        threat: ``"Linf"`` or ``"L2"``.
+        tol: how close to a box face counts as on it.
+
+    Returns:
+        ``(N,)`` float64 distances (``nan`` where ``x_adv`` is not finite).
+    """
+    threat = Threat.parse(threat)
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x has shape {tuple(x.shape)} but x_adv has {tuple(x_adv.shape)}")
+    x, x_adv = x.detach().to(torch.float64), x_adv.detach().to(torch.float64)
+    gap = (x_adv - x).abs()
+    gap = torch.where(x_adv <= tol, (x - x_adv).clamp_min(0), gap)
+    gap = torch.where(x_adv >= 1 - tol, (x_adv - x).clamp_min(0), gap)
+    flat = gap.reshape(gap.shape[0], -1)
+    d = flat.amax(dim=1) if threat is Threat.Linf else flat.pow(2).sum(dim=1).sqrt()
+    return torch.where(torch.isfinite(x_adv.reshape(x_adv.shape[0], -1)).all(dim=1), d,
+                       torch.full_like(d, float("nan")))
+
+
+def check_clamped_ball(x: torch.Tensor, x_adv: torch.Tensor, threat: "str | Threat", eps: float,
+                       tol: float = 1e-5) -> torch.Tensor:
+    """Assert that every ``x_adv`` lies in [0, 1] and in the [0, 1]-clamp of the eps-ball around ``x``, or
+    equals ``x`` (a row the attack did not change).
+
+    The constraint set of AutoAttack run on inputs outside [0, 1] (the CT reference code's normalized
+    inputs). It is *not* a threat model in pixel space; results checked with it must say so.
+
+    Returns:
+        ``(N,)`` float64 distances (:func:`clamped_distances`).
+
+    Raises:
+        BallViolationError: some row is outside that set, outside [0, 1] or not finite.
+    """
+    threat = Threat.parse(threat)
+    eps = float(eps)
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    dist = clamped_distances(x, x_adv, threat, tol)
+    n = int(x_adv.shape[0])
+    flat = x_adv.detach().reshape(n, -1).to(torch.float64)
+    bad = ~torch.isfinite(dist) | (dist > eps + tol)
+    if flat.shape[1]:
+        bad |= (torch.nan_to_num(flat, nan=0.5).amin(dim=1) < -tol) | (torch.nan_to_num(flat, nan=0.5).amax(dim=1) > 1 + tol)
+        # a row left as it was (not broken: the attack returns the clean input) is valid wherever it lies
+        bad &= ~(x_adv.detach().reshape(n, -1) == x.detach().reshape(n, -1)).all(dim=1)
+    if not bool(bad.any()):
+        return dist
+    bad_idx = bad.nonzero().flatten().cpu()
+    worst = float(torch.nan_to_num(dist, nan=float("inf")).max())
+    raise BallViolationError(
+        f"x_adv is outside the [0, 1]-clamp of the {threat} ball (eps={eps:.6g}) for {len(bad_idx)} of {n} "
+        f"examples (first offending index {int(bad_idx[0])}; worst distance {worst:.6g})",
+        n_bad=len(bad_idx), n_total=n, first_index=int(bad_idx[0]), worst_distance=worst, bad_indices=bad_idx)
+
+
+def check_constraint(x: torch.Tensor, x_adv: torch.Tensor, threat: "str | Threat", eps: float,
+                     constraint: str = "ball", tol: float = 1e-5) -> torch.Tensor:
+    """:func:`check_ball` (``constraint="ball"``) or :func:`check_clamped_ball` (``"clamped-ball"``)."""
+    if constraint == "ball":
+        return check_ball(x, x_adv, threat, eps, tol)
+    if constraint == "clamped-ball":
+        return check_clamped_ball(x, x_adv, threat, eps, tol)
+    raise did_you_mean("constraint", str(constraint), CONSTRAINTS)

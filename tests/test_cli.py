@@ -29,10 +29,12 @@ def test_models_lists_robustbench_zoo_and_bundled(capsys):
 def test_models_coverage_offline(capsys):
     assert main(["models", "--coverage", "--only", "Standard", "bundled/resnet18-cifar10"]) == 0
     out = capsys.readouterr().out
+    # relu mod, relu fn, leaky | scope all: tuned, untouched, missed, CT | scope modules: the same
     std = next(line for line in out.splitlines() if line.startswith("Standard "))
-    assert std.split()[1:5] == ["25", "0", "0", "0"] and "full" in std
+    assert std.split()[1:12] == ["25", "0", "0", "25", "0", "0", "full", "25", "0", "0", "full"]
     bundled = next(line for line in out.splitlines() if line.startswith("bundled/resnet18-cifar10"))
-    assert bundled.split()[1:5] == ["0", "17", "0", "0"]
+    # F.relu only: the reference's module swap (scope modules) tunes none of it
+    assert bundled.split()[1:12] == ["0", "17", "0", "17", "0", "0", "full", "0", "17", "0", "none"]
 
 
 def test_unknown_model_suggests_and_exits_2(capsys):

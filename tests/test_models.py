@@ -400,7 +400,7 @@ def test_coverage_table_named_entries():
 
 
 def test_coverage_table_reports_build_failures_without_crashing(monkeypatch):
-    real_zoo = models._zoo
+    real_zoo = models.robustbench._zoo
 
     def needs_download():
         socket.create_connection(("drive.google.com", 443), timeout=1)
@@ -414,7 +414,7 @@ def test_coverage_table_reports_build_failures_without_crashing(monkeypatch):
         zoo["FakeBroken"] = {"model": broken, "gdrive_id": "y"}
         return zoo
 
-    monkeypatch.setattr(models, "_zoo", fake_zoo)
+    monkeypatch.setattr(models.robustbench, "_zoo", fake_zoo)
     rows = coverage_table("cifar10", "Linf", names=["FakeDownloading", "FakeBroken"])
     assert rows[0]["status"] == "skipped" and "download" in rows[0]["error"] and rows[0]["reachable"] is False
     assert rows[1]["status"] == "error" and "NVIDIA" in rows[1]["error"] and rows[1]["missed"] is None

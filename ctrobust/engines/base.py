@@ -79,10 +79,11 @@ class AttackEngine(Protocol):
 
     def run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ids: torch.Tensor,
             betas: torch.Tensor, seed: int, threat: str, eps: float, suite: "AttackSuite", batch_size,
-            device: torch.device) -> AttackOutcome:
+            device: torch.device, constraint: str = "ball") -> AttackOutcome:
         """Attack rows ``x`` (N, C, H, W) in [0, 1] with labels ``y`` (N,), example ids ``ids`` (N,) and
         per-row CT betas ``betas`` (N,) on ``model`` (a ``CTModel``) with the attacks and hyper-parameters
-        of ``suite`` (a :class:`ctrobust.attacks.AttackSuite`); ``batch_size`` is an int or "auto".
+        of ``suite`` (a :class:`ctrobust.attacks.AttackSuite`); ``batch_size`` is an int or "auto";
+        ``constraint`` names the set every result is checked against (``ctrobust.threat.CONSTRAINTS``).
         The model's train/eval flags and CT beta are as before when the call returns."""
         ...
 

@@ -19,7 +19,7 @@ import torch
 from ctrobust.attacks import ATTACKS, AttackSuite, parse_suite
 from ctrobust.ct import set_beta
 from ctrobust.engines.base import AttackOutcome, capture_warnings, is_oom, restoring_model_state
-from ctrobust.threat import check_ball
+from ctrobust.threat import check_constraint
 
 __all__ = ["ReferenceEngine"]
 
@@ -57,8 +57,12 @@ class ReferenceEngine:
     #: pyautoattack reseeds every batch, so outcomes depend on the batch size (part of the experiment key)
     batch_invariant = False
 
-    def run(self, model, x, y, *, ids, betas, seed, threat, eps, suite, batch_size, device) -> AttackOutcome:
+    def run(self, model, x, y, *, ids, betas, seed, threat, eps, suite, batch_size, device,
+            constraint: str = "ball") -> AttackOutcome:
         """Attack every row with pyautoattack, one beta group at a time; see ``AttackEngine.run``.
+
+        ``constraint="clamped-ball"`` checks the results against what AutoAttack computes on inputs
+        outside [0, 1] (the CT reference protocol's normalized inputs) instead of the threat ball.
 
         The model is put in eval mode for the run, as pyautoattack expects (a train-mode model would update
         BatchNorm statistics while it is attacked); each module's flag and the CT beta are restored after.
@@ -98,7 +102,7 @@ class ReferenceEngine:
                 x_adv[torch.as_tensor(rows)] = xa
                 warns += [f"beta={beta:g}: {m}" for m in w]
                 used_bs = max(used_bs, int(bs))
-        check_ball(x.cpu(), x_adv, threat, eps)
+        check_constraint(x.cpu(), x_adv, threat, eps, constraint)
         return AttackOutcome(clean_correct, robust, broken_by.astype(str), x_adv,
                              forward_passes=0, backward_passes=0, batch_size=used_bs, warnings=warns)
 

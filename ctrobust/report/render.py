@@ -184,6 +184,10 @@ def _md_run(s: RunSummary) -> list[str]:
         f"{len(st.betas or ())} betas, coeff {st.coeff}, attacks {st.attacks}, "
         f"engine {st.engine}.")
     lines.append("")
+    if st.protocol == "reference":
+        from ctrobust.protocols import REFERENCE_NOTE
+
+        lines += [f"> **Threat model: {REFERENCE_NOTE}.** CT scope {st.ct_scope}.", ""]
     lines += ["| protocol | points | beta | robust acc (%) | clean acc (%) | Δ robust vs β=1 (pts) "
               f"| {conf_pct} % CI of Δ (pts, bootstrap) | relative gain (paper formula) "
               "| McNemar p vs β=1 (per seed) | masking flags |",

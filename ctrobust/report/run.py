@@ -49,7 +49,8 @@ def _settings(config, seeds: list[SeedTable]) -> tuple[RunSettings, list[str]]:
         eps=opt_float(cfg(config, "eps")), n_examples=actual_n, subset=cfg(config, "subset"),
         data=cfg(config, "data"), seeds=tuple(actual_seeds), betas=tuple(actual_betas),
         coeff=opt_float(cfg(config, "coeff")), attacks=attacks,
-        attack_names=None if names is None else tuple(names), engine=cfg(config, "engine"))
+        attack_names=None if names is None else tuple(names), engine=cfg(config, "engine"),
+        protocol=cfg(config, "protocol"), ct_scope=cfg(config, "ct_scope"))
     return settings, warnings
 
 

@@ -247,6 +247,8 @@ class RunSettings:
     Attributes:
         attacks: the config's attack option (a suite name such as ``standard`` or a comma list).
         attack_names: the attacks it runs, canonical names in run order (``None``: no attack option).
+        protocol: ``valid`` or ``reference`` (``None``: a run from before protocols existed: ``valid``).
+        ct_scope: ``all`` or ``modules`` (``None``: ``all``).
     """
 
     model: str | None
@@ -262,6 +264,8 @@ class RunSettings:
     attacks: str | None
     attack_names: tuple[str, ...] | None
     engine: str | None
+    protocol: str | None = None
+    ct_scope: str | None = None
 
 
 @dataclass(frozen=True)

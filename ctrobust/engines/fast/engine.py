@@ -121,7 +121,7 @@ class FastEngine:
 
     def run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ids: torch.Tensor,
             betas: torch.Tensor, seed: int, threat: str, eps: float, suite, batch_size,
-            device) -> AttackOutcome:
+            device, constraint: str = "ball") -> AttackOutcome:
         """Attack every row; see ``ctrobust.engines.base.AttackEngine``.
 
         Args:
@@ -148,6 +148,9 @@ class FastEngine:
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps}")
         suite = parse_suite(suite)
+        if constraint != "ball":
+            raise ValueError(f"the fast engine attacks images in [0, 1] (constraint 'ball'), not {constraint!r}: "
+                             "use the reference engine")
         device = torch.device(device)
         n = int(x.shape[0])
         if not (y.shape[0] == ids.shape[0] == betas.shape[0] == n):

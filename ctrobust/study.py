@@ -1,0 +1,265 @@
+"""Studies: several sweeps with one purpose, in one study dir, resumable like a sweep.
+
+``ctrobust reproduce ct-paper --model resnet50`` plans one run per (dataset, cell) with the paper's
+settings (:data:`CT_PAPER`), checks that every weight file and dataset is there before any work (all
+missing inputs are listed at once), runs each cell with :func:`ctrobust.sweep.run_sweep` (any executor),
+and writes the study report (:mod:`ctrobust.report.study`) and figure.
+
+Study dir::
+
+    study.yaml                  what was asked (checked on re-runs: another study is refused)
+    runs/<dataset>-<cell>/      one ordinary run dir per cell (resumable, inspectable with every command)
+    report.md, report.json      the study report
+    figures/study.png, .pdf     clean and robust accuracy against beta, one panel per dataset
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ctrobust._registry import did_you_mean
+from ctrobust.config import PAPER_BETAS, SweepConfig
+from ctrobust.errors import ConfigError
+from ctrobust.protocols import reference_batch_size
+
+__all__ = ["StudyInputError", "StudySpec", "StudyCell", "CT_PAPER", "plan_study", "preflight", "run_study",
+           "STUDIES"]
+
+
+class StudyInputError(ConfigError):
+    """Inputs of a study are missing (weights, data): every one is listed, nothing was written."""
+
+    all_lines = True  # the CLI prints every line of the message
+
+
+@dataclass(frozen=True)
+class PaperSettings:
+    """The settings of the CT paper's robustness experiment (reference code: ``robustness.py``,
+    ``submit_robustness.py``, ``compare_robustness_results.py``)."""
+
+    models: tuple = ("resnet18", "resnet50", "resnet152")
+    datasets: tuple = ("cifar10", "cifar100", "imagenet")
+    betas: str = PAPER_BETAS                 # np.arange(0.7, 1 - 1e-6, 0.01): 0.70 .. 0.99 (+ beta = 1)
+    seeds: tuple = (42, 43, 44)
+    n_examples: int = 1000                   # CIFAR: n / classes of each class; ImageNet: the first 1000
+    coeff: float = 0.5                       # sigmoid(raw_coeff = 0)
+    # THREAT_TO_EPS in robustness.py: the same eps on every dataset (ImageNet included), in normalized units
+    eps: dict = field(default_factory=lambda: {"Linf": "8/255", "L2": "0.5"})
+
+
+CT_PAPER = PaperSettings()
+STUDIES = {"ct-paper": CT_PAPER}
+
+
+def paper_model(model: str, dataset: str) -> str:
+    """ctrobust's name of the paper's model: its CIFAR ResNets, torchvision's on ImageNet."""
+    return f"torchvision/{model}" if dataset == "imagenet" else f"ct-paper/{model}"
+
+
+@dataclass
+class StudyCell:
+    """One run of a study: a dataset, a cell (``reference`` / ``pixel`` / ``valid``) and its config."""
+
+    dataset: str
+    cell: str
+    cfg: SweepConfig
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{self.cell}"
+
+
+@dataclass
+class StudySpec:
+    """What a user asked for (``study.yaml``); ``options`` are sweep options applied to every cell."""
+
+    study: str
+    model: str
+    datasets: list
+    threat: str
+    protocols: list
+    out: str
+    options: dict = field(default_factory=dict)
+
+    def asked(self) -> dict:
+        return {"study": self.study, "model": self.model, "datasets": list(self.datasets), "threat": self.threat,
+                "protocols": list(self.protocols),
+                "options": {k: v for k, v in sorted(self.options.items()) if v is not None}}
+
+
+#: sweep options a user may set for a study (they shrink it or say where to run); the rest is the paper's.
+STUDY_OPTIONS = ("n_examples", "data", "data_dir", "model_dir", "seeds", "betas", "attacks", "engine",
+                 "executor", "workers", "device", "batch_size", "quiet", "max_retries", "slurm_partition",
+                 "slurm_time", "slurm_gpus_per_task", "slurm_array_parallelism", "slurm_extra", "slurm_cluster")
+
+
+def _cells_for(protocols) -> list[str]:
+    cells = []
+    if "reference" in protocols:
+        cells.append("reference")
+    if "valid" in protocols:
+        if "reference" in protocols:
+            cells.append("pixel")  # the decomposition's middle step: valid threat, the reference's CT scope
+        cells.append("valid")
+    return cells
+
+
+def plan_study(spec: StudySpec) -> list[StudyCell]:
+    """Validated configs of every cell (raises ``ConfigError`` on bad options; touches nothing)."""
+    if spec.study not in STUDIES:
+        raise did_you_mean("study", spec.study, STUDIES)
+    paper = STUDIES[spec.study]
+    if spec.model not in paper.models:
+        raise did_you_mean(f"{spec.study} model", spec.model, paper.models)
+    from ctrobust.data import parse_dataset
+    from ctrobust.protocols import get_protocol
+    from ctrobust.threat import Threat
+
+    datasets = [parse_dataset(d) for d in spec.datasets]
+    threat = Threat.parse(spec.threat).value
+    protocols = [get_protocol(p).name for p in spec.protocols]
+    if not datasets or not protocols:
+        raise ConfigError("a study needs at least one dataset and one protocol")
+    opts = {k: v for k, v in spec.options.items() if v is not None}
+    unknown = set(opts) - set(STUDY_OPTIONS)
+    if unknown:
+        raise ConfigError(str(did_you_mean("study option", sorted(unknown)[0], STUDY_OPTIONS)))
+    out = Path(spec.out)
+    cells = []
+    for d in datasets:
+        data = str(opts.get("data", "full")).lower()
+        # the bundled images (foolbox's first 20) do not hold every class: they cannot be class-balanced
+        subset = "balanced" if d != "imagenet" and data == "full" else "first"
+        for cell in _cells_for(protocols):
+            base = {"model": paper_model(spec.model, d), "dataset": d, "threat": threat,
+                    "eps": paper.eps[threat], "betas": paper.betas, "coeff": paper.coeff,
+                    "seeds": list(paper.seeds), "n_examples": paper.n_examples, "subset": subset,
+                    "attacks": "standard", "out": str(out / "runs" / f"{d}-{cell}")}
+            base.update(opts)
+            if cell == "reference":
+                base.update(protocol="reference", engine="reference")
+                base.setdefault("batch_size", reference_batch_size(d))
+                if base.get("batch_size") == "auto":
+                    base["batch_size"] = reference_batch_size(d)
+                base["chunk_size"] = 10 ** 9  # one chunk: pyautoattack batches as in the reference
+            else:
+                base.update(protocol="valid", ct_scope="modules" if cell == "pixel" else "all")
+            if cell == "reference":
+                base.pop("ct_scope", None)
+            cells.append(StudyCell(d, cell, SweepConfig.from_dict(base, source=f"study cell {d}-{cell}").validate()))
+    return cells
+
+
+def preflight(cells: list[StudyCell]) -> list[str]:
+    """Every missing weight file or dataset of the study, one line each (empty: all there). Reads only."""
+    from ctrobust.data import DataUnavailableError, load_eval_set
+    from ctrobust.models import ModelLoadError, ModelUnavailableError, load_model
+
+    problems, seen = [], set()
+    for c in cells:
+        cfg = c.cfg
+        mkey = (cfg.model, cfg.dataset, cfg.model_dir, getattr(cfg, "checkpoint", None))
+        if mkey not in seen:
+            seen.add(mkey)
+            try:
+                load_model(cfg.model, dataset=cfg.dataset, threat=cfg.threat, model_dir=cfg.model_dir,
+                           device="cpu", **({"checkpoint": cfg.checkpoint} if getattr(cfg, "checkpoint", None) else {}))
+            except (ModelUnavailableError, ModelLoadError, ConfigError) as exc:
+                problems.append(f"{c.dataset}: model {cfg.model}: {str(exc).splitlines()[0]}")
+        dkey = (cfg.dataset, cfg.data, cfg.data_dir, cfg.n_examples, cfg.subset)
+        if dkey not in seen:
+            seen.add(dkey)
+            try:
+                load_eval_set(cfg.dataset, cfg.n_examples, subset=cfg.subset, data=cfg.data, data_dir=cfg.data_dir)
+            except (DataUnavailableError, ConfigError, ValueError) as exc:
+                problems.append(f"{c.dataset}: data: {str(exc).splitlines()[0]}")
+    return problems
+
+
+@dataclass
+class StudyResult:
+    out: Path
+    cells: list
+    report_md: Path
+    units_run: int = 0
+    units_skipped: int = 0
+
+
+def _check_study_dir(spec: StudySpec) -> None:
+    p = Path(spec.out) / "study.yaml"
+    out = Path(spec.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
+    if p.exists():
+        old = yaml.safe_load(p.read_text()) or {}
+        if old != spec.asked():
+            from ctrobust.store import _diff
+
+            diffs = _diff(old, spec.asked())
+            raise ConfigError(f"study dir {str(out)!r} holds another study: " + "; ".join(diffs)
+                              + ". Use another --out, or the original options to resume.")
+    elif out.is_dir() and any(not q.name.startswith(".") for q in out.iterdir()):
+        raise ConfigError(f"--out {str(out)!r} is a non-empty folder that is not a ctrobust study dir")
+
+
+def run_study(spec: StudySpec, *, progress: bool = True) -> StudyResult:
+    """Plan, check every input, run every cell, write the report and the figure.
+
+    Raises:
+        StudyInputError: weights or data missing for some cell (all listed; nothing written).
+        ConfigError: bad options, or ``out`` holds another study.
+    """
+    from ctrobust.store import atomic_write_text
+    from ctrobust.sweep import run_sweep
+
+    cells = plan_study(spec)
+    _check_study_dir(spec)
+    problems = preflight(cells)
+    if problems:
+        raise StudyInputError(f"{len(problems)} input(s) of this study are missing (nothing was written):\n"
+                              + "\n".join(f"  - {p}" for p in problems))
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "study.yaml", yaml.safe_dump(spec.asked(), sort_keys=False))
+    run, skipped = 0, 0
+    for c in cells:
+        res = run_sweep(c.cfg, progress=progress)
+        run += res.units_run
+        skipped += res.units_skipped
+    md = write_study_report(spec, cells)
+    return StudyResult(out, cells, md, run, skipped)
+
+
+def write_study_report(spec: StudySpec, cells: list[StudyCell]) -> Path:
+    """Summarize every cell's stored results into ``report.md`` / ``report.json`` and draw the figure."""
+    from ctrobust.plots import plot_study
+    from ctrobust.report.run import summarize_run
+    from ctrobust.report.study import build_study_report, render_study_json, render_study_markdown, summarize_cell
+    from ctrobust.store import atomic_write_text, load_config, load_outcomes
+
+    out = Path(spec.out)
+    results = []
+    for c in cells:
+        run_dir = Path(c.cfg.run_dir)
+        outcomes = load_outcomes(run_dir)
+        config = load_config(run_dir)
+        summ = summarize_run(outcomes, config, select_on="half")
+        results.append(summarize_cell(c.dataset, c.cell, str(run_dir.relative_to(out)), outcomes, config,
+                                      heldout=summ.heldout))
+    rep = build_study_report(spec.study, spec.model, cells[0].cfg.threat, results)
+    atomic_write_text(out / "report.md", render_study_markdown(rep))
+    atomic_write_text(out / "report.json", render_study_json(rep) + "\n")
+    plot_study(rep, out / "figures")
+    return out / "report.md"
+
+
+def spec_from_options(study: str, *, model: str, datasets, threat: str, protocols, out, **options) -> StudySpec:
+    """A :class:`StudySpec` from CLI-style values (lists as comma/space strings or lists)."""
+    from ctrobust.attacks import split_list
+
+    return StudySpec(study=study, model=str(model).lower(), datasets=split_list(datasets),
+                     threat=threat, protocols=[p.lower() for p in split_list(protocols)],
+                     out=str(out), options={k: v for k, v in options.items() if v is not None})
