@@ -146,6 +146,30 @@ def test_reference_run_records_pixel_perturbations_beyond_eps_where_the_clamp_mo
     assert all(r["in_ball_frac"] < 1 for r in rows_ if r["beta"] == 1.0)
 
 
+def test_every_output_of_a_reference_run_says_its_threat_model_is_not_the_ball(reference_run, tmp_path, capsys):
+    from ctrobust.report import build_report
+
+    assert "NOT in the stated eps-ball" in build_report([reference_run])
+    assert main(["plot", str(reference_run), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+    import matplotlib.pyplot as plt
+    from ctrobust import plots
+
+    titles = []
+    real = plt.Figure.suptitle
+
+    def spy(self, t, *a, **k):
+        titles.append(t)
+        return real(self, t, *a, **k)
+
+    plt.Figure.suptitle = spy
+    try:
+        plots.plot_runs([reference_run], out_dir=tmp_path, formats=("png",))
+    finally:
+        plt.Figure.suptitle = real
+    assert any("NOT the stated eps-ball" in t for t in titles)
+
+
 def test_reference_protocol_refuses_a_model_without_declared_normalization(tmp_path, capsys):
     argv = ["sweep", "--model", "bundled/resnet18-cifar10", "--data", "bundled", "--subset", "first",
             "--n-examples", "4", "--betas", "0.9", "--protocol", "reference", "--device", "cpu", "--quiet",
