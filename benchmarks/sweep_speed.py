@@ -7,8 +7,13 @@ units (one image through the network once = 1), for both engines alike. Prints w
 ratios, and writes JSON.
 
 Examples:
-    # the demo sweep on CPU (bundled ResNet-18, 20 bundled CIFAR-10 images, 8/255, betas 1,.95,.9,.8,.7)
-    python benchmarks/sweep_speed.py --device cpu --out benchmarks/results/sweep_speed_cpu.json
+    # the demo sweep on CPU (bundled ResNet-18, 20 bundled CIFAR-10 images, 8/255, betas 1,.95,.9,.8,.7),
+    # fast engine vs the plain per-beta pyautoattack loop, median of 3
+    python benchmarks/sweep_speed.py --device cpu --engines fast,plain --repeats 3 \
+        --out benchmarks/results/sweep_speed_cpu_demo.json
+    # the mixed workload: 8 images at 1/255, APGD-CE + APGD-T, betas 1 and 0.9
+    python benchmarks/sweep_speed.py --device cpu --engines fast,plain --repeats 3 --n-examples 8 --eps 1/255 \
+        --attacks apgd-ce,apgd-t --betas 0.9 --out benchmarks/results/sweep_speed_cpu_mixed.json
     # on a GPU: RobustBench's Standard architecture (WRN-28-10, random weights) and the bundled ResNet-18
     python benchmarks/sweep_speed.py --device cuda --model standard-random \
         --out benchmarks/results/sweep_speed_<gpu>_wrn.json
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -77,6 +83,9 @@ ENGINE_VARIANTS = {
     "fast": {},
     "fast-nospec": {"speculate": False},  # later restarts/targets not run in the padding of the last block
     "reference": None,
+    # what a user without ctrobust writes: pyautoattack's run_standard_evaluation on the CT model, one beta
+    # at a time (no per-example outcomes, no per-attack bookkeeping)
+    "plain": "plain",
 }
 
 
@@ -86,6 +95,8 @@ def make_engine(name: str, args):
         raise SystemExit(f"unknown engine {name!r}: choose from {', '.join(ENGINE_VARIANTS)}")
     if ENGINE_VARIANTS[name] is None:
         return get_engine(name)
+    if ENGINE_VARIANTS[name] == "plain":
+        return None
     from ctrobust.engines.fast.engine import FastEngine
 
     return FastEngine(block_size=args.block_size, **ENGINE_VARIANTS[name])
@@ -99,7 +110,9 @@ def run_engine(name, model, x, y, ids, betas, args, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    if engine.batches_betas:
+    if engine is None:  # the plain per-beta pyautoattack loop
+        outs = [_plain_loop(counter, X, Y, rows_b, betas, len(y), args, device)]
+    elif engine.batches_betas:
         out = engine.run(counter, X, Y, ids=I, betas=rows_b, seed=args.seed, threat=args.threat, eps=args.eps,
                          suite=args.suite, batch_size=args.batch_size, device=device)
         outs = [out]
@@ -123,8 +136,30 @@ def run_engine(name, model, x, y, ids, betas, args, device):
             "fast_stats": _fast_stats(engine)}
 
 
+def _plain_loop(counter, X, Y, rows_b, betas, n, args, device):
+    """One ``AutoAttack.run_standard_evaluation`` per beta on the CT model (pyautoattack as a user runs it)."""
+    from types import SimpleNamespace
+
+    from pyautoattack import AutoAttack
+
+    from ctrobust.ct import set_beta
+
+    robust = []
+    for j, b in enumerate(betas):
+        set_beta(counter, float(b))
+        sl = slice(j * n, (j + 1) * n)
+        bs = 250 if args.batch_size == "auto" else int(args.batch_size)
+        # standard AutoAttack's parameters; a subset of its attacks as pyautoattack users restrict it
+        aa = AutoAttack(counter, norm=args.threat, eps=args.eps, seed=args.seed, device=device, version="standard")
+        aa.attacks_to_run = list(args.suite.attacks)
+        aa.verbose = False
+        _, y_adv = aa.run_standard_evaluation(X[sl], Y[sl], batch_size=bs)
+        robust.append((y_adv.cpu() == Y[sl]).numpy())
+    return SimpleNamespace(robust=np.concatenate(robust), forward_passes=0, backward_passes=0)
+
+
 def _fast_stats(engine):
-    st = getattr(engine, "last_stats", None)
+    st = getattr(engine, "last_stats", None) if engine is not None else None
     if not st:
         return None
     return {"padded_rows": st.get("padded_rows"), "steps": {k: v["steps"] for k, v in st["attacks"].items()},
@@ -145,6 +180,7 @@ def main(argv=None):
     p.add_argument("--engines", default="fast,reference", help=f"comma list of {', '.join(ENGINE_VARIANTS)}")
     p.add_argument("--block-size", type=int, default=None,
                    help="fast engine: rows per model call (default: the batch size on GPUs, 16 on CPU)")
+    p.add_argument("--repeats", type=int, default=1, help="repeat every engine; report median [min, max]")
     p.add_argument("--out", help="JSON file to write; the table also goes to <stem>.txt")
     args = p.parse_args(argv)
     args.eps = parse_eps(args.eps)
@@ -159,26 +195,44 @@ def main(argv=None):
         (platform.processor() or platform.machine()) + f" ({torch.get_num_threads()} threads)"
     res = {"model": label, "device": str(device), "device_name": dev_name, "torch": torch.__version__,
            "n_examples": len(y), "betas": betas, "eps": args.eps, "attacks": args.attacks, "engines": {}}
-    for name in args.engines.split(","):
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        res["engines"][name] = run_engine(name, model, x, y, ids, betas, args, device)
+    names = args.engines.split(",")
+    runs = {name: [] for name in names}
+    for rep in range(args.repeats):  # engines alternate, so machine noise hits them alike
+        for name in names:
+            print(f"repeat {rep + 1}/{args.repeats}: {name} ...", file=sys.stderr, flush=True)
+            runs[name].append(run_engine(name, model, x, y, ids, betas, args, device))
+    res["repeats"] = args.repeats
+    res["engines"] = {name: {**rs[0], "wall_s": statistics.median(r["wall_s"] for r in rs),
+                             "wall_s_all": [r["wall_s"] for r in rs]} for name, rs in runs.items()}
     e = res["engines"]
+
+    def spread(values, unit=""):
+        return f"{statistics.median(values):.1f}{unit} [{min(values):.1f}, {max(values):.1f}]"
+
     lines = [f"{label} on {dev_name}: {len(y)} images x {len(betas)} betas {betas}, eps={args.eps:.4g}, "
-             f"attacks={','.join(args.attacks)}",
-             f"{'engine':<12} {'wall s':>9} {'fwd passes':>11} {'bwd passes':>11} {'steps':>7}  robust acc per beta"]
+             f"attacks={','.join(args.attacks)}; median [min, max] of {args.repeats} repeat(s), engines alternating",
+             f"{'engine':<12} {'wall s':>22} {'fwd passes':>11} {'bwd passes':>11} {'steps':>7}  robust acc per beta"]
     for name, r in e.items():
         accs = " ".join(f"{b:g}:{a:.2f}" for b, a in r["robust_acc_per_beta"].items())
         steps = sum(r["fast_stats"]["steps"].values()) if r.get("fast_stats") else "-"
-        lines.append(f"{name:<12} {r['wall_s']:>9.1f} {r['forward_passes']:>11} {r['backward_passes']:>11} "
-                     f"{steps:>7}  {accs}")
-    if "fast" in e and "reference" in e:
-        f, r = e["fast"], e["reference"]
-        res["ratio_wall"] = r["wall_s"] / f["wall_s"]
-        res["ratio_passes"] = (r["forward_passes"] + r["backward_passes"]) / max(1, f["forward_passes"] +
-                                                                              f["backward_passes"])
-        lines.append(f"reference / fast: {res['ratio_wall']:.1f}x wall time, {res['ratio_passes']:.1f}x passes "
-                     "(forward + backward)")
-    lines.append(f"(torch {torch.__version__}" + ("; both engines measured in the same run)" if len(e) > 1 else ")"))
+        fwd = r["forward_passes"] if name != "plain" else "-"
+        bwd = r["backward_passes"] if name != "plain" else "-"
+        lines.append(f"{name:<12} {spread(r['wall_s_all']):>22} {fwd:>11} {bwd:>11} {steps:>7}  {accs}")
+    if "fast" in e:
+        f = e["fast"]
+        res["ratios"] = {}
+        for other in (n for n in e if n != "fast"):
+            ratio = [ro["wall_s"] / rf["wall_s"] for ro, rf in zip(runs[other], runs["fast"])]
+            res["ratios"][other] = {"median": statistics.median(ratio), "min": min(ratio), "max": max(ratio)}
+            lines.append(f"{other} / fast wall time: {spread(ratio, 'x')} (per repeat)")
+            same = all(e[other]["robust_acc_per_beta"][b] == f["robust_acc_per_beta"][b] for b in f["robust_acc_per_beta"])
+            lines.append(f"  robust accuracy per beta {'identical' if same else 'DIFFERS'} ({other} vs fast)")
+        if "reference" in e:
+            r = e["reference"]
+            res["ratio_passes"] = (r["forward_passes"] + r["backward_passes"]) / max(1, f["forward_passes"] +
+                                                                                  f["backward_passes"])
+            lines.append(f"reference / fast passes (forward + backward): {res['ratio_passes']:.1f}x")
+    lines.append(f"(torch {torch.__version__}" + ("; all engines measured in the same run)" if len(e) > 1 else ")"))
     print("\n" + "\n".join(lines))
     if args.out:
         out = Path(args.out)

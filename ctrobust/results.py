@@ -14,6 +14,9 @@ engine call(s) that computed the row and how many betas shared them.
 Threat model: ``protocol`` and ``threat_note`` (empty for the stated threat model; the ``reference``
 protocol says its points are not in the stated eps-ball), ``pixel_linf_max`` (largest max |x_adv - x| in
 [0, 1] pixel units) and ``in_ball_frac`` (fraction of rows whose point lies in the stated ball).
+
+Arithmetic: ``precision`` (float32; on CUDA whether TF32 was allowed for convolutions and matmuls) and
+``peak_mem_mb`` (the accelerator's peak memory during the engine calls; empty on the CPU).
 """
 
 from __future__ import annotations
@@ -75,6 +78,9 @@ def result_rows(run: RunDir, outcomes: dict, metas: list[dict], coverage) -> lis
             row["threat_note"] = get_protocol(cfg.protocol).note
             row["pixel_linf_max"] = float(outcomes["pixel_linf"][m].max())
             row["in_ball_frac"] = float(outcomes["in_ball"][m].mean())
+            peaks = [u["peak_mem_mb"] for u in um if u.get("peak_mem_mb") is not None]
+            row["peak_mem_mb"] = round(max(peaks), 1) if peaks else ""
+            row["precision"] = ";".join(sorted({u.get("precision", "fp32") for u in um}))
             row["call_seconds"] = round(sum(u.get("call_seconds", u["seconds"]) for u in um), 3)
             row["call_betas"] = max(int(u.get("call_betas", 1)) for u in um)
             row["warnings"] = sorted({w for u in um for w in u.get("warnings", [])})

@@ -192,16 +192,29 @@ def _engine_call(engine, prep: Prepared, pos: np.ndarray, betas: list[float], se
     y = ev.y[pos].repeat(reps)
     ids = ev.ids[pos].repeat(reps)
     row_betas = torch.tensor(np.repeat(np.asarray(betas, dtype=np.float64), len(pos)))
+    cuda = prep.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(prep.device)
     t0 = time.perf_counter()
     out = engine.run(space.model, space.to_space(x), y, ids=ids, betas=row_betas, seed=seed, threat=cfg.threat,
                      eps=cfg.eps, suite=cfg.suite, batch_size=cfg.batch_size, device=prep.device,
                      constraint=space.constraint)
     secs = time.perf_counter() - t0
+    out.peak_mem_mb = torch.cuda.max_memory_allocated(prep.device) / 2 ** 20 if cuda else None
     broken = torch.as_tensor(out.clean_correct & ~out.robust)
     x_adv = x.clone()
     x_adv[broken] = space.to_pixel(out.x_adv[broken]).to(x.dtype)
     out.x_adv = x_adv
     return out, secs
+
+
+def precision(device: torch.device) -> str:
+    """The arithmetic the attacks ran in: float32, and on CUDA whether TF32 was allowed (torch's defaults:
+    on for cuDNN convolutions, off for matmuls; pyautoattack and both engines change neither)."""
+    if device.type != "cuda":
+        return "fp32"
+    return (f"fp32; cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
+            f"matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
 
 
 def _pixel_perturbation(x: torch.Tensor, x_adv: torch.Tensor, threat: str, eps: float):
@@ -282,6 +295,7 @@ def run_units(prep: Prepared, units: list[Unit], *, on_done=None, bar=None) -> i
                     arrays["x_adv"] = xa.numpy().astype(np.float32)
                 meta = {"beta": float(beta), "seed": int(seed), "chunk": int(chunk), "n": int(n),
                         **costs[j], "device": str(prep.device), "batch_size": int(out.batch_size),
+                        "peak_mem_mb": out.peak_mem_mb, "precision": precision(prep.device),
                         "engine": engine.name, "warnings": list(out.warnings)}
                 key = run.unit_key(beta, seed, ev.ids[pos].numpy())
                 if not run.has_unit(key):

@@ -58,6 +58,10 @@ def test_run_dir_holds_config_results_outcomes_and_figures(tiny_run):
         assert 0.0 <= lo <= acc <= hi <= 1.0
         assert float(r["robust_acc"]) <= float(r["clean_acc"])
         assert int(r["ct_relu_functional"]) == 17 and int(r["ct_missed"]) == 0
+        # the arithmetic is recorded: float32 on the CPU (TF32 settings on CUDA); no accelerator memory
+        assert r["precision"] == "fp32" and r["peak_mem_mb"] == ""
+        assert r["protocol"] == "valid" and r["threat_note"] == "" and float(r["in_ball_frac"]) == 1.0
+        assert float(r["pixel_linf_max"]) <= 2 / 255 + 1e-6
     o = load_outcomes(tiny_run)
     assert len(o["id"]) == 8  # 4 examples x 2 betas
     # per-example outcomes agree with the accuracies and with "which attack broke it"

@@ -39,6 +39,7 @@ class AttackOutcome:
         row_forward_passes: int64 (N,) example-forwards spent on each row, or None when the engine does
             not count per row (then ``forward_passes`` is the call's total).
         row_backward_passes: int64 (N,) example-backwards spent on each row, or None.
+        peak_mem_mb: the accelerator's peak memory during the call (MiB; set by the caller), or None.
     """
 
     clean_correct: np.ndarray
@@ -51,6 +52,7 @@ class AttackOutcome:
     warnings: list = field(default_factory=list)
     row_forward_passes: np.ndarray | None = None
     row_backward_passes: np.ndarray | None = None
+    peak_mem_mb: float | None = None
 
     def subset(self, mask: np.ndarray) -> "AttackOutcome":
         """Rows selected by a boolean or index array (counters are kept for the whole call)."""
