@@ -77,8 +77,9 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
             continue
         r0 = rows[0]
         seeds = sorted({r["seed"] for r in rows})
-        label = f"{r0['model']} ({r0['dataset']}, {r0['threat']} eps={_eps_text(r0['eps'])})" if len(runs) > 1 \
-            else ""
+        proto = " [reference protocol]" if r0.get("protocol") == "reference" else ""
+        label = f"{r0['model']} ({r0['dataset']}, {r0['threat']} eps={_eps_text(r0['eps'])}){proto}" \
+            if len(runs) > 1 else ""
         c = colors[i % len(colors)]
         for key, style, marker in (("clean", "--", "s"), ("robust", "-", "o")):
             b, m, lo, hi = _per_beta(rows, key)
@@ -114,10 +115,10 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
              f"{first.get('threat', '?')} eps={_eps_text(first.get('eps', 0))}\n"
              f"{first.get('attacks', '')} AutoAttack ({first.get('engine', '')} engine), n={n} per beta, "
              f"seed(s) {seeds_txt}, c={first.get('coeff', '?')}")
-    if first.get("protocol") == "reference":
-        title += "\nreference protocol: normalized-space attack with a [0, 1] clamp, NOT the stated eps-ball"
     if len(runs) > 1:
         title = "Curvature Tuning: clean and robust accuracy per beta"
+    if any(rows and rows[0].get("protocol") == "reference" for _, rows in runs):
+        title += "\nreference protocol: normalized-space attack with a [0, 1] clamp, NOT the stated eps-ball"
     fig.suptitle(title, fontsize=10)
     ax.set_xlabel(r"CT $\beta$ (1 = original ReLU network)")
     ax.set_ylabel("accuracy (%) with 95 % Wilson interval")
@@ -158,7 +159,7 @@ def plot_study(report, out_dir, *, name: str = "study", formats=("png", "pdf")) 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     datasets = list(report.datasets)
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(8.0, 5.2 * len(datasets)), 4.8), squeeze=False)
     for ax, d in zip(axes[0], datasets):
         for c in (c for c in report.cells if c.dataset == d):
             b = np.array([p.beta for p in c.curve])
@@ -174,7 +175,7 @@ def plot_study(report, out_dir, *, name: str = "study", formats=("png", "pdf")) 
         ax.legend(fontsize=6.5, loc="best")
     title = f"Curvature Tuning, the paper's robustness table: {report.model}, {report.threat}"
     if any(c.note for c in report.cells):
-        title += "\nreference protocol = normalized-space attack with a [0, 1] clamp there: not the stated eps-ball"
+        title += "\nreference = normalized-space attack with a [0, 1] clamp there: NOT the stated eps-ball"
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, out_dir, name, formats)
