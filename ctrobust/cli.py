@@ -319,7 +319,7 @@ def _cmd_models(a) -> int:
     if not a.coverage:
         for name in models.list_models(a.dataset, a.threat):
             print(name)
-        print(f"\nmodel families (--model NAME; weights):")
+        print("\nmodel families (--model NAME; weights):")
         for fam in models.model_families():
             names = fam.names(a.dataset) if fam.names is not None else []
             datasets = ", ".join(fam.datasets) or "any dataset"

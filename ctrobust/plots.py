@@ -76,7 +76,6 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
         if not rows:
             continue
         r0 = rows[0]
-        seeds = sorted({r["seed"] for r in rows})
         proto = " [reference protocol]" if r0.get("protocol") == "reference" else ""
         label = f"{r0['model']} ({r0['dataset']}, {r0['threat']} eps={_eps_text(r0['eps'])}){proto}" \
             if len(runs) > 1 else ""

@@ -23,8 +23,6 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 import ctrobust
 
 PKG_DIR = Path(ctrobust.__file__).resolve().parent
