@@ -110,6 +110,30 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def atomic_create_text(path, text: str) -> bool:
+    """Create ``path`` with ``text`` atomically and exclusively: written whole under a temp name, then
+    hard-linked into place, which fails if ``path`` exists. Returns False (writing nothing) if it did,
+    so two processes creating the same file never see it half-written and never overwrite each other."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
 def _npz_bytes(arrays: dict) -> bytes:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
@@ -194,16 +218,23 @@ class RunDir:
             + ". Use another --out, or the original settings to resume.")
 
     def create(self) -> None:
-        """Check, then write ``config.yaml`` (atomically) if the run dir is new."""
+        """Check, then write ``config.yaml`` if the run dir is new.
+
+        ``config.yaml`` is created before anything else in the folder, atomically and exclusively, so a
+        concurrent sweep into the same ``--out`` sees either an empty folder or a whole run dir; if another
+        process created it first, its experiment is checked against this one instead.
+        """
         self.check()
         cfg_file = self.path / "config.yaml"
-        if cfg_file.exists():
-            return
+        created = False
+        if not cfg_file.exists():
+            doc = self.cfg.to_dict()
+            doc["out"] = str(self.path)
+            doc["_experiment"] = {**self.experiment, "key": self.key}
+            created = atomic_create_text(cfg_file, yaml.safe_dump(doc, sort_keys=False))
+        if not created:
+            self.check()  # another process may have created it since: its experiment must be this one
         self.units_dir.mkdir(parents=True, exist_ok=True)
-        doc = self.cfg.to_dict()
-        doc["out"] = str(self.path)
-        doc["_experiment"] = {**self.experiment, "key": self.key}
-        atomic_write_text(cfg_file, yaml.safe_dump(doc, sort_keys=False))
 
     def clean_stale_tmp(self) -> int:
         """Remove temp files left by writers that died (their pid is gone); returns how many."""

@@ -24,7 +24,8 @@ import pytest
 
 from ctrobust.config import SweepConfig
 from ctrobust.config import ConfigError
-from ctrobust.store import RunDir, RunMismatchError, atomic_write_bytes, atomic_write_text, stable_hash
+from ctrobust.store import (RunDir, RunMismatchError, atomic_create_text, atomic_write_bytes, atomic_write_text,
+                            stable_hash)
 
 BASE = dict(model="toy-model", dataset="cifar10", threat="Linf", eps="8/255", betas=[0.9, 0.8], coeff=0.5,
             seeds=[0], n_examples=8, subset="first", data="bundled", attacks="apgd-ce,square", engine="fast",
@@ -379,6 +380,55 @@ def test_non_run_folders_are_refused(tmp_path):
     run_dir(empty).create()
     assert (empty / "config.yaml").is_file()
     run_dir(tmp_path / "does" / "not" / "exist").check()
+
+
+def test_exclusive_create_never_overwrites(tmp_path):
+    target = tmp_path / "sub" / "f.yaml"
+    assert atomic_create_text(target, "first")
+    assert not atomic_create_text(target, "second")
+    assert target.read_text() == "first" and tmp_files(tmp_path) == []
+
+
+def _losing_the_race(run: RunDir, monkeypatch):
+    """Make ``run``'s first check pass as if it ran before another process created the run dir."""
+    real, calls = run.check, []
+
+    def check(*a, **k):
+        calls.append(1)
+        if len(calls) > 1:
+            return real(*a, **k)
+    monkeypatch.setattr(run, "check", check)
+
+
+def test_a_sweep_that_loses_the_creation_race_checks_the_winners_experiment(tmp_path, monkeypatch):
+    path = tmp_path / "run"
+    winner = run_dir(path)
+    same, other = run_dir(path), run_dir(path, coeff=0.3)
+    _losing_the_race(same, monkeypatch)
+    _losing_the_race(other, monkeypatch)
+    winner.create()
+    before = snapshot(path)
+    same.create()  # the same experiment: joins it
+    with pytest.raises(RunMismatchError, match="coeff: 0.5 \\(run\\) vs 0.3 \\(now\\)"):
+        other.create()  # another: refused, the winner's config untouched
+    assert snapshot(path) == before and tmp_files(path) == []
+
+
+def test_a_run_dir_being_created_is_never_a_non_run_folder(tmp_path):
+    """config.yaml comes first: at no point does the folder hold visible entries but no config.yaml."""
+    path = tmp_path / "run"
+    seen = []
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *a, **k):
+        if self == path / "units":
+            seen.append((path / "config.yaml").is_file())
+        return real_mkdir(self, *a, **k)
+    import unittest.mock
+    with unittest.mock.patch.object(Path, "mkdir", mkdir):
+        run_dir(path).create()
+    assert seen == [True]
+    run_dir(path).check()
 
 
 def test_unreadable_config_is_refused_untouched(tmp_path):
