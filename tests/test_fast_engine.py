@@ -131,6 +131,75 @@ def test_speculative_phases_change_steps_not_outcomes(ct_digits, threat, radii):
     assert steps_off["apgd-t"] >= kw["n_iter"] * kw["n_target_classes"]
 
 
+def _chain_case(model, x, y, radii, threat="Linf"):
+    """Rows, attacks, radius and budget where each of two chained APGD attacks breaks some rows and some
+    rows stay robust (the first found over a few orders and budgets: trained weights vary by CPU)."""
+    X, Y, I, B = _rows(x, y, 6, [1.0, 0.8])  # 12 rows in blocks of 16
+    for attacks in (["apgd-ce", "apgd-t"], ["apgd-t", "apgd-ce"], ["apgd-dlr", "apgd-ce"]):
+        for n_iter in (6, 3):
+            kw = dict(n_iter=n_iter, n_target_classes=4)
+            for eps in radii:
+                out = _run(FastEngine(block_size=16, chain=False), model, X, Y, I, B, 64, threat, eps,
+                           attacks=attacks, params=kw)
+                if set(attacks) <= set(out.broken_by) and out.robust.any():
+                    return (X, Y, I, B), attacks, eps, kw
+    pytest.fail(f"no radius in {radii} has rows broken by each of two APGD attacks and robust ones")
+
+
+@pytest.mark.parametrize("threat,radii", [("Linf", (0.07, 0.1, 0.11, 0.08, 0.09, 0.06, 0.12)),
+                                          ("L2", (0.5, 0.6, 0.4, 0.3, 0.7))], ids=["Linf", "L2"])
+def test_chained_apgd_changes_steps_not_outcomes(ct_digits, threat, radii):
+    """Consecutive APGD attacks run as one chain (the second's phases in the first's padding): same flags,
+    attack and points as one attack after the other, and fewer steps in all."""
+    model, x, y = ct_digits
+    (X, Y, I, B), attacks, eps, kw = _chain_case(model, x, y, radii, threat)
+    runs = {}
+    for label, eng in {"chain": FastEngine(block_size=16), "apart": FastEngine(block_size=16, chain=False),
+                       "plain": FastEngine(block_size=16, speculate=False)}.items():
+        runs[label] = (_cat([_run(eng, model, X, Y, I, B, 64, threat, eps, attacks=attacks, params=kw)]),
+                       eng.last_stats["attacks"])
+    _assert_same(runs["chain"][0], runs["apart"][0], "chained vs one attack after the other")
+    _assert_same(runs["chain"][0], runs["plain"][0], "chained vs no speculation")
+    chained, apart = runs["chain"][1], runs["apart"][1]
+    assert chained[attacks[0]]["chain"] == "+".join(attacks) and "chain" not in apart[attacks[0]]
+    for name in attacks:  # the per-attack bookkeeping stays that of the sequential order
+        assert (chained[name]["rows"], chained[name]["broken"]) == (apart[name]["rows"], apart[name]["broken"])
+    steps = {k: sum(v["steps"] for v in r[1].values()) for k, r in runs.items()}
+    # the chain's steps overlap (the second attack runs during the first): its length is its longest
+    # segment, less than one attack after the other
+    assert max(v["steps"] for v in chained.values()) < steps["apart"] <= steps["plain"]
+
+
+def test_chained_attack_reruns_later_attacks_of_a_row_whose_point_failed_verification(ct_digits, monkeypatch):
+    """A randomized model can make a found point fail verification: the row stays robust and must still go
+    through the later attacks, which the chain had dropped for it; outcomes equal the sequential order."""
+    model, x, y = ct_digits
+    (X, Y, I, B), attacks, eps, kw = _chain_case(model, x, y, (0.07, 0.1, 0.11, 0.08, 0.09, 0.06, 0.12))
+    real = FastEngine._record
+    voided = []
+
+    def flaky(self, name, ctx, rows, hit, xa, *rest):
+        if name == attacks[0] and bool(hit.any()):  # the first point found "fails verification"
+            first = int(hit.nonzero()[0, 0])
+            hit = hit.clone()
+            hit[first] = False
+            voided.append(int(rows[first]))
+            return np.concatenate([real(self, name, ctx, rows, hit, xa, *rest), [int(rows[first])]])
+        return real(self, name, ctx, rows, hit, xa, *rest)
+
+    monkeypatch.setattr(FastEngine, "_record", flaky)
+    chained = FastEngine(block_size=16)
+    a = _cat([_run(chained, model, X, Y, I, B, 64, "Linf", eps, attacks=attacks, params=kw)])
+    b = _cat([_run(FastEngine(block_size=16, chain=False), model, X, Y, I, B, 64, "Linf", eps,
+                   attacks=attacks, params=kw)])
+    assert len(voided) == 2 and voided[0] == voided[1]
+    _assert_same(a, b, "chained vs sequential with a voided point")
+    assert a[2][voided[0]] != attacks[0]
+    # the rerun is counted: the second attack's entry covers the voided row
+    second = chained.last_stats["attacks"][attacks[1]]
+    assert second["rows"] == int((a[2] == attacks[1]).sum() + a[1].sum())
+
+
 class _ScriptedAttack:
     """An attack whose phases succeed or fail on a script: ``plan[row][phase]`` is the step (1-based, counted
     within the phase) at which that phase finds a point, or 0 if it fails after ``n_iter`` steps. The point

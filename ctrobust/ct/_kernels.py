@@ -242,6 +242,16 @@ class _Rows:
         self.coef = torch.where(self.is_one, torch.zeros_like(b), (c - 1.0) * d)
         # on the CPU this check is free; on a GPU it would be a sync, so exact rows are always merged
         self.any_one = bool(self.is_one.any()) if b.device.type == "cpu" else True
+        # A block mixing beta == 1 rows with beta < 1 rows (the fast engine batches betas): on the CPU the
+        # CT kernels run on the beta < 1 rows only and the others take the original op, instead of running
+        # CT on every row and discarding it where beta == 1. Every element is computed by the same ops as
+        # before (elementwise), so results are bit for bit the same; it saves the CT compute of the exact
+        # rows. (On a GPU the fused kernels treat beta == 1 in-kernel.)
+        self.split = None
+        if self.any_one and b.device.type == "cpu" and self.n is not None:
+            ct_rows = torch.nonzero(~self.is_one).squeeze(1)
+            if 0 < ct_rows.numel() < self.n:
+                self.split = (ct_rows, _Rows(b[ct_rows], c, a, dtype, device, fused, formula))
 
     def relu_part(self) -> "_Rows":
         r = copy.copy(self)
@@ -408,6 +418,11 @@ def _phi(x: torch.Tensor, s, out: torch.Tensor | None = None) -> torch.Tensor:
         if res is not None:
             return _finish(res, out)
         s = _refresh(s, x)
+    if s.kind == "rows" and s.split is not None and x.dim() > 0 and x.shape[0] == s.n:
+        rows, sub = s.split
+        part = _phi(x.index_select(0, rows), sub)  # before ``out`` (maybe ``x`` itself) is overwritten
+        res = _finish(_base(x, a), out)
+        return res.index_copy_(0, rows, part)
     thr = _threshold(x.dtype)
     if a:  # LeakyReLU: a * x + (1 - a) * phi(x), computed out of place (x is read at the end)
         phi = _phi(x, s.relu_part())
@@ -447,6 +462,11 @@ def _dphi(g: torch.Tensor, x: torch.Tensor, s, differentiable: bool = False) -> 
             return res
     if s.fused:
         s = _refresh(s, x)
+    if (not differentiable and s.kind == "rows" and s.split is not None and x.dim() > 0
+            and x.shape[0] == s.n):
+        rows, sub = s.split
+        exact = _aten.leaky_relu_backward(g, x, a, False) if a else _aten.threshold_backward(g, x, 0)
+        return exact.index_copy_(0, rows, _dphi(g.index_select(0, rows), x.index_select(0, rows), sub))
     thr = _threshold(x.dtype)
     if differentiable:
         gi = _dphi_plain(g, x, s, thr)

@@ -295,6 +295,11 @@ class AttackResult:
     broken: torch.Tensor
     x_adv: torch.Tensor
     steps: int = 0
+    #: int64 ``(R,)``: the phase that broke each row (``n_phases`` where none did)
+    phase: torch.Tensor | None = None
+    #: for a chained attack (``segments``): per segment, steps in which it ran and row-steps it took
+    segment_steps: list | None = None
+    segment_rows: list | None = None
 
 
 def run_attack(attack: Attack, ctx: AttackContext, rows: torch.Tensor, batch_size: int,
@@ -340,6 +345,11 @@ def run_attack(attack: Attack, ctx: AttackContext, rows: torch.Tensor, batch_siz
     st = RowState()
     nxt = 0
     steps = 0
+    n_seg = len(getattr(attack, "segments", ()) or ())
+    seg_of = attack.segment_of if n_seg > 1 else None
+    if seg_of is not None:  # per-segment work of a chain (tensors: no host sync per step)
+        seg_steps = torch.zeros(n_seg, dtype=torch.int64, device=dev)
+        seg_rows = torch.zeros(n_seg, dtype=torch.int64, device=dev)
     while True:
         free = batch_size - len(st)
         if free > 0 and nxt < r:
@@ -356,6 +366,10 @@ def run_attack(attack: Attack, ctx: AttackContext, rows: torch.Tensor, batch_siz
         steps += 1
         p_all = pos[st["rows"]]
         ph = st["phase"]
+        if seg_of is not None:
+            cnt = torch.bincount(seg_of(ph), minlength=n_seg)
+            seg_rows += cnt
+            seg_steps += cnt > 0
         if bool(b.any()):
             pb, phb = p_all[b], ph[b]
             # several phases of one row may succeed in the same step: the lowest wins (sequential order)
@@ -377,7 +391,10 @@ def run_attack(attack: Attack, ctx: AttackContext, rows: torch.Tensor, batch_siz
             restart = attack.start(ctx, rows[pf], next_phase[pf].clone())
             next_phase[pf] += 1
         st = st.keep(~leave).cat(restart)
-    return AttackResult(rows, best < n_ph, x_adv, steps)
+    res = AttackResult(rows, best < n_ph, x_adv, steps, phase=best)
+    if seg_of is not None:
+        res.segment_steps, res.segment_rows = seg_steps.tolist(), seg_rows.tolist()
+    return res
 
 
 def _speculative_starts(attack: Attack, ctx: AttackContext, st: RowState, pos: torch.Tensor, rows: torch.Tensor,

@@ -109,10 +109,54 @@ class APGD(Attack):
         self.eot_iter = int(eot_iter)
         self.n_phases = self.n_restarts * (self.n_target_classes if self.targeted else 1)
         self._ckpt = {}
+        #: for a chain (:meth:`chain`): ``[(attack, first phase), ...]`` of the attacks it runs in order
+        self.segments = [(self, 0)]
+
+    @classmethod
+    def chain(cls, attacks: "list[APGD]") -> "APGD":
+        """One APGD whose phases are those of ``attacks`` one after the other (e.g. APGD-CE then APGD-T).
+
+        A row's phase ``p`` runs the attack whose phase range holds ``p``, with that attack's loss, random
+        keys and targets, so a row runs exactly the trajectories it would run in ``attacks`` called one
+        after the other, and :func:`~ctrobust.engines.fast._common.run_attack` keeps the lowest successful
+        phase, i.e. the first attack in order that breaks the row. What the chain adds: once no rows are
+        pending, the padding of the last block runs *later attacks'* phases of rows still in an earlier
+        attack (speculation across attacks), e.g. APGD-T targets while APGD-CE is still running.
+
+        Args:
+            attacks: APGD attacks with the same ``n_iter``, ``rho`` and ``eot_iter`` (they share the
+                step-size schedule and the gradient averaging).
+
+        Returns:
+            An :class:`APGD` with ``segments`` set; ``name`` joins the names with ``+``.
+        """
+        first = attacks[0]
+        if len({(a.n_iter, a.rho, a.eot_iter) for a in attacks}) != 1:
+            raise ValueError("chained APGD attacks must share n_iter, rho and eot_iter")
+        ch = cls.__new__(cls)
+        ch.__dict__.update(first.__dict__)
+        ch._ckpt = {}
+        ch.name = "+".join(a.name for a in attacks)
+        ch.targeted = any(a.targeted for a in attacks)
+        ch.segments, off = [], 0
+        for a in attacks:
+            ch.segments.append((a, off))
+            off += a.n_phases
+        ch.n_phases = off
+        return ch
+
+    def segment_of(self, phase: torch.Tensor) -> torch.Tensor:
+        """Index into :attr:`segments` of each phase (int64, like ``phase``)."""
+        if len(self.segments) == 1:
+            return torch.zeros_like(phase)
+        offs = torch.tensor([o for _, o in self.segments[1:]], dtype=phase.dtype, device=phase.device)
+        return torch.bucketize(phase, offs, right=True)
 
     # -- state ------------------------------------------------------------------------------------
 
     def start(self, ctx: AttackContext, rows: torch.Tensor, phase: torch.Tensor) -> RowState:
+        if len(self.segments) > 1:
+            return self._start_chain(ctx, rows, phase)
         x0 = ctx.x[rows]
         keys = rng.row_keys(ctx.seed, ctx.ids[rows], ctx.betas[rows], self.code, phase)
         shape = tuple(x0.shape[1:])
@@ -141,7 +185,31 @@ class APGD(Attack):
             st["target"] = order.gather(1, (k - tgt_idx)[:, None]).squeeze(1)
         return st
 
+    def _start_chain(self, ctx: AttackContext, rows: torch.Tensor, phase: torch.Tensor) -> RowState:
+        """Each segment's own start for its rows (keys, targets), put back in the order of ``rows``."""
+        seg = self.segment_of(phase)
+        parts, order = [], []
+        for j, (att, off) in enumerate(self.segments):
+            sel = torch.nonzero(seg == j).squeeze(1)
+            if sel.numel() == 0:
+                continue
+            part = att.start(ctx, rows[sel], phase[sel] - off)
+            part["phase"] = phase[sel]
+            part["seg"] = torch.full_like(sel, j)
+            # a row's target class (its own one for targeted segments, the label elsewhere: unused)
+            part["target"] = part["target"] if att.targeted else part["y"].clone()
+            parts.append(part)
+            order.append(sel)
+        st = parts[0]
+        for part in parts[1:]:
+            st = st.cat(part)
+        inv = torch.empty_like(phase)
+        inv[torch.cat(order)] = torch.arange(phase.shape[0], device=phase.device)
+        return st.keep(inv)
+
     def _loss_fn(self, st: RowState):
+        if len(self.segments) > 1:
+            return self._chain_loss_fn(st)
         y = st["y"]
         if self.loss == "ce":
             return lambda z: ce_loss(z, y)
@@ -149,6 +217,27 @@ class APGD(Attack):
             return lambda z: dlr_loss(z, y)
         t = st["target"]
         return lambda z: dlr_loss_targeted(z, y, t)
+
+    def _chain_loss_fn(self, st: RowState):
+        """Per-row loss of a chain: each segment's loss on its own rows (row-wise, as if run alone)."""
+        seg = st["seg"]
+        groups = [(torch.nonzero(seg == j).squeeze(1), att) for j, (att, _) in enumerate(self.segments)]
+        groups = [(idx, att) for idx, att in groups if idx.numel()]
+
+        def loss(z):
+            out = z.new_zeros(z.shape[0])
+            for idx, att in groups:
+                sub = RowState(y=st["y"][idx], target=st["target"][idx])
+                out = out.index_put((idx,), att._loss_fn(sub)(z[idx]))
+            return out
+        return loss
+
+    def _uses_dlr(self, st: RowState) -> torch.Tensor:
+        """Rows whose loss is a DLR loss (bool ``(B,)``)."""
+        if len(self.segments) == 1:
+            return torch.full_like(st["it"], self.loss != "ce", dtype=torch.bool)
+        dlr = torch.tensor([att.loss != "ce" for att, _ in self.segments], device=st["seg"].device)
+        return dlr[st["seg"]]
 
     # -- one iteration ----------------------------------------------------------------------------
 
@@ -176,10 +265,18 @@ class APGD(Attack):
 
         logits, loss, grad = ctx.value_and_grad(x, st["rows"], self._loss_fn(st), self.eot_iter)
         broken = logits.argmax(1) != st["y"]
-        if self.loss != "ce" and bool(fresh.any()):
-            zero = (grad[fresh].reshape(int(fresh.sum()), -1).abs().sum(1) == 0)
+        if (len(self.segments) > 1 or self.loss != "ce") and bool(fresh.any()):
+            chk = fresh & self._uses_dlr(st)
+            zero = (grad.reshape(grad.shape[0], -1).abs().sum(1) == 0) & chk
             if bool(zero.any()):
-                ctx.note(f"{self.name}: points with zero gradient at the start point", int(zero.sum()))
+                if len(self.segments) == 1:
+                    ctx.note(f"{self.name}: points with zero gradient at the start point", int(zero.sum()))
+                else:
+                    seg = st["seg"][zero]
+                    for j, (att, _) in enumerate(self.segments):
+                        if int((seg == j).sum()):
+                            ctx.note(f"{att.name}: points with zero gradient at the start point",
+                                     int((seg == j).sum()))
 
         # fresh rows: initial bookkeeping (pyautoattack before its loop)
         fr = fresh.reshape(bshape)

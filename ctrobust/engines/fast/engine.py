@@ -70,6 +70,11 @@ class FastEngine:
         speculate: when no rows are pending, run later restarts/target classes of rows in flight in the
             padding of the last fixed-shape block (free compute; outcomes identical, see
             :func:`~ctrobust.engines.fast._common.run_attack`).
+        chain: with ``speculate``, run consecutive APGD attacks of the suite (APGD-CE then APGD-T, or
+            APGD-CE then APGD-DLR) as one chained attack (:meth:`APGD.chain`), so that the padding left
+            by rows that APGD-CE broke runs APGD-T targets of the rows still in APGD-CE. Outcomes are
+            identical either way (each attack starts from the clean point with its own keys; a row is
+            broken by the first attack in order that succeeds); only the number of steps changes.
 
     Example:
         >>> from ctrobust.ct import apply_ct
@@ -89,10 +94,11 @@ class FastEngine:
     batch_invariant = True
 
     def __init__(self, *, block_size: int | None = None, fixed_shape: bool = True, verify: bool = True,
-                 speculate: bool = True):
+                 speculate: bool = True, chain: bool = True):
         self.block_size = None if block_size is None else int(block_size)
         self.fixed_shape = bool(fixed_shape)
         self.speculate = bool(speculate)
+        self.chain = bool(chain)
         self.verify = bool(verify)
         self.last_stats: dict = {}
 
@@ -257,35 +263,14 @@ class FastEngine:
             raise ValueError(f"the DLR loss needs at least {4 if 'apgd-t' in attack_names else 3} classes, "
                              f"the model has {k}")
         betas_np = ctx.betas.cpu().numpy()
-        for name in attack_names:
+        for group in self._groups(suite, k):
             idx = np.flatnonzero(robust)
             if idx.size == 0:
                 break
-            t0 = time.perf_counter()
-            f0, b0 = ctx.caller.forward_rows, ctx.caller.backward_rows
-            attack = self.make_attack(name, suite, n_classes=k)
-            res = run_attack(attack, ctx, torch.as_tensor(idx, device=dev), bs, speculate=self.speculate)
-            hit = res.broken
-            if self.verify and bool(hit.any()):
-                rows_hit = res.rows[hit]
-                still = ctx.forward(res.x_adv[hit], rows_hit).argmax(1) != ctx.y[rows_hit]
-                if not bool(still.all()):
-                    warns.append(f"{name}: {int((~still).sum())} adversarial points were classified correctly "
-                                 "when re-evaluated (randomized model?): not counted")
-                    hit = hit.clone()
-                    hit[hit.nonzero().squeeze(1)[~still]] = False
-            hit_np = hit.cpu().numpy()
-            rows_np = idx[hit_np]
-            xa = res.x_adv[hit].cpu()
-            if rows_np.size:
-                check_ball(x_cpu[rows_np], xa, ctx.norm, ctx.eps)
-            robust[rows_np] = False
-            broken_by[rows_np] = name
-            x_adv[torch.as_tensor(rows_np, dtype=torch.long)] = xa
-            stats["attacks"][name] = {"rows": int(idx.size), "broken": int(hit_np.sum()), "steps": res.steps,
-                                      "forward_rows": ctx.caller.forward_rows - f0,
-                                      "backward_rows": ctx.caller.backward_rows - b0,
-                                      "seconds": time.perf_counter() - t0}
+            if len(group) == 1:
+                self._run_one(group[0], ctx, idx, bs, x_cpu, robust, broken_by, x_adv, stats, warns)
+            else:
+                self._run_chain(group, ctx, idx, bs, x_cpu, robust, broken_by, x_adv, stats, warns)
         # AutoAttack's check_square_sr, per beta: Square (gradient-free) breaking points that the
         # gradient-based attacks before it missed is a sign of gradient masking
         if any(not a.gradient for a in suite.specs) and any(a.gradient for a in suite.specs):
@@ -296,3 +281,101 @@ class FastEngine:
                     warns.append(f"beta={beta:g}: Square Attack has decreased the robust accuracy of {frac:.2%}. "
                                  "This might indicate that the robustness evaluation using AutoAttack is "
                                  "unreliable (gradient masking?).")
+
+    # -- attack groups ------------------------------------------------------------------------------
+
+    def _groups(self, suite: AttackSuite, n_classes: int) -> list[list]:
+        """The suite's attacks in order, consecutive APGD attacks chained into one group (``chain``)."""
+        groups: list[list] = []
+        chaining = self.chain and self.speculate and self.fixed_shape
+        for name in suite.attacks:
+            att = self.make_attack(name, suite, n_classes=n_classes)
+            prev = groups[-1][-1] if groups else None
+            if (chaining and isinstance(att, APGD) and isinstance(prev, APGD)
+                    and (prev.n_iter, prev.rho, prev.eot_iter) == (att.n_iter, att.rho, att.eot_iter)):
+                groups[-1].append(att)
+            else:
+                groups.append([att])
+        return groups
+
+    def _record(self, name: str, ctx: AttackContext, rows: torch.Tensor, hit: torch.Tensor, xa: torch.Tensor,
+                x_cpu, robust, broken_by, x_adv, warns) -> np.ndarray:
+        """Verify and record the rows ``rows[hit]`` broken by attack ``name`` with points ``xa[hit]``.
+
+        Returns:
+            Indices (into the engine's rows) of the points that failed verification (still robust).
+        """
+        failed = np.zeros(0, np.int64)
+        if self.verify and bool(hit.any()):
+            rows_hit = rows[hit]
+            still = ctx.forward(xa[hit], rows_hit).argmax(1) != ctx.y[rows_hit]
+            if not bool(still.all()):
+                warns.append(f"{name}: {int((~still).sum())} adversarial points were classified correctly "
+                             "when re-evaluated (randomized model?): not counted")
+                failed = rows_hit[~still].cpu().numpy()
+                hit = hit.clone()
+                hit[hit.nonzero().squeeze(1)[~still]] = False
+        hit_np = hit.cpu().numpy()
+        rows_np = rows.cpu().numpy()[hit_np]
+        pts = xa[hit].cpu()
+        if rows_np.size:
+            check_ball(x_cpu[rows_np], pts, ctx.norm, ctx.eps)
+        robust[rows_np] = False
+        broken_by[rows_np] = name
+        x_adv[torch.as_tensor(rows_np, dtype=torch.long)] = pts
+        return failed
+
+    def _run_one(self, attack, ctx: AttackContext, idx: np.ndarray, bs, x_cpu, robust, broken_by, x_adv,
+                 stats, warns) -> None:
+        """Run one attack on the rows ``idx`` (still robust) and record it."""
+        t0 = time.perf_counter()
+        f0, b0 = ctx.caller.forward_rows, ctx.caller.backward_rows
+        res = run_attack(attack, ctx, torch.as_tensor(idx, device=ctx.x.device), bs, speculate=self.speculate)
+        n_before = int(robust.sum())
+        self._record(attack.name, ctx, res.rows, res.broken, res.x_adv, x_cpu, robust, broken_by, x_adv, warns)
+        stats["attacks"][attack.name] = {"rows": int(idx.size), "broken": n_before - int(robust.sum()),
+                                         "steps": res.steps, "forward_rows": ctx.caller.forward_rows - f0,
+                                         "backward_rows": ctx.caller.backward_rows - b0,
+                                         "seconds": time.perf_counter() - t0}
+
+    def _run_chain(self, group: list, ctx: AttackContext, idx: np.ndarray, bs, x_cpu, robust, broken_by, x_adv,
+                   stats, warns) -> None:
+        """Run consecutive APGD attacks as one chain, then record them attack by attack, in order.
+
+        A point of attack ``j`` that fails verification (randomized models only) leaves its row robust,
+        but the chain dropped that row's later attacks when ``j`` broke it: those are run again for such
+        rows, attack by attack, as the sequential order would have.
+        """
+        dev = ctx.x.device
+        chain = APGD.chain(group)
+        t0 = time.perf_counter()
+        f0, b0 = ctx.caller.forward_rows, ctx.caller.backward_rows
+        res = run_attack(chain, ctx, torch.as_tensor(idx, device=dev), bs, speculate=self.speculate)
+        seconds = time.perf_counter() - t0
+        df, db = ctx.caller.forward_rows - f0, ctx.caller.backward_rows - b0
+        seg = chain.segment_of(res.phase)  # (meaningful where res.broken)
+        total_rows = max(1, sum(res.segment_rows))
+        stale = np.zeros(0, np.int64)  # rows whose chained results after a failed verification are void
+        for j, (att, _) in enumerate(chain.segments):
+            entering = int(robust.sum())
+            share = res.segment_rows[j] / total_rows
+            entry = {"rows": int(robust[idx].sum()), "steps": res.segment_steps[j], "chain": chain.name,
+                     "forward_rows": round(df * share), "backward_rows": round(db * share),
+                     "seconds": seconds * share}
+            valid = torch.as_tensor(~np.isin(idx, stale), device=dev)
+            hit = res.broken & (seg == j) & valid
+            failed = self._record(att.name, ctx, res.rows, hit, res.x_adv, x_cpu, robust, broken_by, x_adv, warns)
+            redo = stale[robust[stale]] if stale.size else stale
+            if redo.size:  # rows whose attack j the chain dropped: run it now
+                t1 = time.perf_counter()
+                f1, b1 = ctx.caller.forward_rows, ctx.caller.backward_rows
+                r2 = run_attack(att, ctx, torch.as_tensor(redo, device=dev), bs, speculate=self.speculate)
+                failed = np.concatenate([failed, self._record(att.name, ctx, r2.rows, r2.broken, r2.x_adv, x_cpu,
+                                                              robust, broken_by, x_adv, warns)])
+                entry["steps"] += r2.steps
+                entry["forward_rows"] += ctx.caller.forward_rows - f1
+                entry["backward_rows"] += ctx.caller.backward_rows - b1
+                entry["seconds"] += time.perf_counter() - t1
+            stale = np.union1d(stale, failed)
+            entry["broken"] = entering - int(robust.sum())
+            stats["attacks"][att.name] = entry
