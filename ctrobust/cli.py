@@ -88,7 +88,8 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seeds", nargs="+", help="attack seed(s), e.g. 0 or 42,43,44 or 42 43 44 [0]")
     g.add_argument("--n-examples", dest="n_examples", help="number of test examples, or all [1000]")
     g.add_argument("--subset", help="balanced (n/classes per class, the paper's protocol) | first [balanced]")
-    g.add_argument("--data", help="full (dataset files) | bundled (images shipped in packages) [full]")
+    g.add_argument("--data", help="full (dataset files) | bundled (images shipped in packages) | timing (--n-examples "
+                                  "rows repeating the bundled images: a timing workload, not a measurement) [full]")
     g.add_argument("--attacks", nargs="+", help="standard | rand (APGD-CE + APGD-DLR, EOT 20) | a list such as "
                                                 "apgd-ce,apgd-t,fab-t,square [standard]")
     g.add_argument("--engine", help="fast (ctrobust's early-exit, beta-batched AutoAttack) | reference "

@@ -199,7 +199,8 @@ class SweepConfig:
         seeds: attack seeds; each (beta, seed) pair is one result row.
         n_examples: test examples (``None`` = the whole set).
         subset: ``balanced`` (n/classes per class in test-set order; the CT paper's protocol) or ``first``.
-        data: ``full`` (torchvision/RobustBench files) or ``bundled`` (images shipped in packages; offline).
+        data: ``full`` (torchvision/RobustBench files), ``bundled`` (images shipped in packages; offline) or
+            ``timing`` (``n_examples`` rows repeating the bundled images: a timing workload, flagged as such).
         attacks: ``standard`` (APGD-CE, APGD-T, FAB-T, Square), ``rand``, or a comma list.
         engine: ``fast`` (ctrobust's early-exit, beta-batched AutoAttack; the default) or ``reference``
             (pyautoattack).

@@ -17,6 +17,10 @@ Sources (``data=``):
 - ``"bundled"``: the test images shipped in the foolbox wheel (``foolbox/data``): the first 20 CIFAR-10 and
   the first 20 CIFAR-100 test images (32x32 PNG, ids 0..19 = test-set indices), and 20 ImageNet samples (JPEG,
   mostly 512x512) resized and center-cropped like the full set (Resize 256, CenterCrop 224). Works offline.
+- ``"timing"``: a *timing workload*, not an evaluation set: ``n`` rows made of the bundled images repeated
+  (row ``i`` is bundled image ``i mod 20``, id ``i``), so any ``n`` can be swept offline. Rows are distinct
+  examples to the engines (their random draws are keyed by the id), but the images repeat: accuracies of such
+  a run are not an estimate of anything, and results and reports say so (``TIMING_NOTE``).
 
 Subsets (``subset=``): ``"first"`` takes the first ``n`` images in source order; ``"balanced"`` takes the first
 ``n / num_classes`` images of every class (the protocol of the CT paper), returned in source order.
@@ -71,7 +75,10 @@ __all__ = [
 #: dataset name -> number of classes
 DATASETS: dict[str, int] = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 SUBSETS = ("first", "balanced")
-SOURCES = ("full", "bundled")
+SOURCES = ("full", "bundled", "timing")
+#: how results, reports and figures flag a run on the ``timing`` source
+TIMING_NOTE = ("timing workload: the bundled images repeated as distinct rows; accuracies are not a "
+               "measurement")
 
 _ALIASES = {"cifar-10": "cifar10", "cifar_10": "cifar10", "cifar-100": "cifar100", "cifar_100": "cifar100",
             "imagenet-1k": "imagenet", "imagenet1k": "imagenet", "ilsvrc2012": "imagenet"}
@@ -214,7 +221,7 @@ class EvalSet:
         dataset: ``"cifar10"``, ``"cifar100"`` or ``"imagenet"``.
         num_classes: 10, 100 or 1000.
         content_hash: hex sha256 over the images' bytes, labels and ids (see :func:`content_hash`).
-        data: ``"full"`` or ``"bundled"``.
+        data: ``"full"``, ``"bundled"`` or ``"timing"``.
         subset: ``"first"`` or ``"balanced"``.
     """
 
@@ -328,7 +335,8 @@ def parse_subset(name: str) -> str:
 
 
 def parse_source(name: str) -> str:
-    """Canonical data source: ``"full"`` or ``"bundled"`` (case-insensitive; did-you-mean otherwise)."""
+    """Canonical data source: ``"full"``, ``"bundled"`` or ``"timing"`` (case-insensitive; did-you-mean
+    otherwise)."""
     return _parse_choice("data source", name, SOURCES)
 
 
@@ -393,6 +401,19 @@ def _read_image(path: Path, dataset: str) -> torch.Tensor:
         return _imagenet_transform()(img)
     arr = np.asarray(img, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+
+
+def _load_timing(dataset: str, n_examples, subset):
+    """The timing workload: ``n`` rows cycling through the bundled images, ids ``0..n-1``."""
+    if subset != "first":
+        raise SubsetError(f"data='timing' repeats the bundled images in order: subset={subset!r} does not apply; "
+                          "use subset='first'")
+    if n_examples is None or int(n_examples) != n_examples or int(n_examples) <= 0:
+        raise SubsetError(f"data='timing' needs n_examples (any positive number of rows), got {n_examples!r}")
+    n = int(n_examples)
+    x, y, _, src = _load_bundled(dataset, None, "first")
+    pos = torch.arange(n) % x.shape[0]
+    return x[pos].clone(), y[pos].clone(), torch.arange(n, dtype=torch.int64), src
 
 
 def _load_bundled(dataset: str, n_examples, subset):
@@ -521,7 +542,8 @@ def load_eval_set(dataset: str, n_examples: int | None, subset: str = "first", d
         n_examples: number of examples; ``None`` for all the source has (with ``subset="first"``).
         subset: ``"first"`` (first ``n`` in source order) or ``"balanced"`` (first ``n / num_classes`` of each
             class; ``n`` must be divisible by the number of classes).
-        data: ``"full"`` (test set in ``data_dir``) or ``"bundled"`` (foolbox's 20 sample images, offline).
+        data: ``"full"`` (test set in ``data_dir``), ``"bundled"`` (foolbox's 20 sample images, offline) or
+            ``"timing"`` (``n_examples`` rows repeating the bundled images: a timing workload, see above).
         data_dir: folder of the full data; default ``$CTROBUST_DATA_DIR``, else ``~/.cache/ctrobust/data``.
             CIFAR: torchvision layout (``cifar-10-batches-py/test_batch``, ``cifar-100-python/test``), downloaded
             when missing and the network allows. ImageNet: ``<data_dir>/val/<wnid>/<file>.JPEG``.
@@ -541,6 +563,8 @@ def load_eval_set(dataset: str, n_examples: int | None, subset: str = "first", d
     k = DATASETS[dataset]
     if data == "bundled":
         x, y, ids, src = _load_bundled(dataset, n_examples, subset)
+    elif data == "timing":
+        x, y, ids, src = _load_timing(dataset, n_examples, subset)
     else:
         root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
         if dataset == "imagenet":

@@ -72,11 +72,14 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
 
     fig, (ax, axb) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [1.35, 1]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    engines = {rows[0].get("engine") for _, rows in runs if rows}
     for i, (rd, rows) in enumerate(runs):
         if not rows:
             continue
         r0 = rows[0]
         proto = " [reference protocol]" if r0.get("protocol") == "reference" else ""
+        if len(engines) > 1:  # runs that differ only by engine must still be told apart
+            proto += f" [{r0.get('engine')} engine]"
         label = f"{r0['model']} ({r0['dataset']}, {r0['threat']} eps={_eps_text(r0['eps'])}){proto}" \
             if len(runs) > 1 else ""
         c = colors[i % len(colors)]
@@ -118,6 +121,8 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
         title = "Curvature Tuning: clean and robust accuracy per beta"
     if any(rows and rows[0].get("protocol") == "reference" for _, rows in runs):
         title += "\nreference protocol: normalized-space attack with a [0, 1] clamp, NOT the stated eps-ball"
+    if any(rows and rows[0].get("data") == "timing" for _, rows in runs):
+        title += "\nTIMING WORKLOAD: bundled images repeated as distinct rows; accuracies are not a measurement"
     fig.suptitle(title, fontsize=10)
     ax.set_xlabel(r"CT $\beta$ (1 = original ReLU network)")
     ax.set_ylabel("accuracy (%) with 95 % Wilson interval")

@@ -21,6 +21,7 @@ Arithmetic: ``precision`` (float32; on CUDA whether TF32 was allowed for convolu
 
 from __future__ import annotations
 
+from ctrobust.data import TIMING_NOTE
 from ctrobust.protocols import get_protocol
 from ctrobust.stats import wilson_interval
 from ctrobust.store import RunDir, merge_units
@@ -83,7 +84,11 @@ def result_rows(run: RunDir, outcomes: dict, metas: list[dict], coverage) -> lis
             row["precision"] = ";".join(sorted({u.get("precision", "fp32") for u in um}))
             row["call_seconds"] = round(sum(u.get("call_seconds", u["seconds"]) for u in um), 3)
             row["call_betas"] = max(int(u.get("call_betas", 1)) for u in um)
-            row["warnings"] = sorted({w for u in um for w in u.get("warnings", [])})
+            row["data"] = cfg.data
+            warns = {w for u in um for w in u.get("warnings", [])}
+            if cfg.data == "timing":  # repeated images: the accuracies measure nothing
+                warns.add(TIMING_NOTE)
+            row["warnings"] = sorted(warns)
             rows.append(row)
     return rows
 

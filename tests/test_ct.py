@@ -1064,3 +1064,28 @@ def test_cuda_model(convnet):
         assert torch.equal(out[0], net(x.to(dev))[0])
         torch.testing.assert_close(out2, apply_ct(net, 0.7)(x.to(dev)))
     assert torch.isfinite(gx).all()
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_mixed_beta_rows_on_cpu_do_not_depend_on_the_other_rows(slope):
+    """A block mixing beta = 1 and beta < 1 rows (the fast engine's beta-batching): the CPU path runs CT on
+    the beta < 1 rows only. Those rows get, bit for bit, what they get in a block where every row has
+    beta < 1 (forward and input gradient), and the beta = 1 rows are exactly the original op."""
+    from ctrobust.ct import ct_phi
+
+    torch.manual_seed(0)
+    x0 = torch.randn(6, 5, 4, 4) * 3
+    go = torch.randn(6, 5, 4, 4)
+    mixed = torch.tensor([1.0, 0.9, 1.0, 0.5, 0.9, 1.0], dtype=torch.float64)
+    one = mixed == 1.0
+    outs = {}
+    for name, b in (("mixed", mixed), ("all below 1", torch.where(one, torch.tensor(0.7, dtype=torch.float64),
+                                                                     mixed))):
+        x = x0.clone().requires_grad_(True)
+        y = ct_phi(x, b, negative_slope=slope, kernel="aten")
+        outs[name] = (y.detach(), torch.autograd.grad(y, x, go)[0])
+    (ym, gm), (ya, ga) = outs["mixed"], outs["all below 1"]
+    assert torch.equal(ym[~one], ya[~one]) and torch.equal(gm[~one], ga[~one])
+    base = torch.nn.functional.leaky_relu(x0, slope) if slope else torch.relu(x0)
+    slope_grad = torch.where(x0 > 0, go, go * slope)
+    assert torch.equal(ym[one], base[one]) and torch.equal(gm[one], slope_grad[one])

@@ -259,3 +259,20 @@ def test_real_cifar10_download_matches_bundled_images(tmp_path):
     full = load_eval_set("cifar10", 20, data_dir=tmp_path)
     bundled = load_eval_set("cifar10", 20, data="bundled")
     assert full.content_hash == bundled.content_hash
+
+
+def test_timing_workload_repeats_the_bundled_images_as_distinct_rows():
+    from ctrobust.data import TIMING_NOTE, SubsetError
+
+    bundled = load_eval_set("cifar10", None, data="bundled")
+    t = load_eval_set("cifar10", 45, data="timing")
+    assert t.n == 45 and t.data == "timing"
+    assert torch.equal(t.ids, torch.arange(45))  # distinct rows: their random draws differ
+    k = torch.arange(45) % bundled.n
+    assert torch.equal(t.x, bundled.x[k]) and torch.equal(t.y, bundled.y[k])
+    assert t.content_hash != load_eval_set("cifar10", 44, data="timing").content_hash
+    assert "not a measurement" in TIMING_NOTE
+    with pytest.raises(SubsetError, match="subset='first'"):
+        load_eval_set("cifar10", 40, subset="balanced", data="timing")
+    with pytest.raises(SubsetError, match="needs n_examples"):
+        load_eval_set("cifar10", None, data="timing")

@@ -288,3 +288,39 @@ def test_list_options_take_commas_and_spaces(tmp_path):
         assert cfg("--betas", *form).betas == [1.0, 0.9, 0.8]
     for form in (["apgd-ce,square"], ["apgd-ce", "square"], ["apgd-ce, square"]):
         assert cfg("--attacks", *form).attacks == "apgd-ce,square"
+
+
+def test_timing_workload_is_flagged_in_results_report_and_figure(tmp_path, capsys, monkeypatch):
+    """``--data timing``: any number of rows offline, and every output says the accuracies measure nothing."""
+    from ctrobust.data import TIMING_NOTE
+
+    out = tmp_path / "timing"
+    args = [a if a != "bundled" else "timing" for a in TINY]
+    args[args.index("--n-examples") + 1] = "24"  # more rows than the 20 bundled images
+    assert main(["sweep", *args, "--out", str(out)]) == 0
+    rows = load_results(out)
+    assert all(r["n"] == 24 and r["data"] == "timing" and TIMING_NOTE in r["warnings"] for r in rows)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert "accuracies are not a measurement" in capsys.readouterr().out
+    # the figure: its title says so; overlaid with the same sweep by the reference engine, the legend tells
+    # the two engines apart
+    import matplotlib.pyplot as plt
+
+    from ctrobust import plots
+
+    ref = tmp_path / "timing_ref"
+    ref_args = list(args)
+    ref_args[ref_args.index("--n-examples") + 1] = "2"  # (the reference engine does not exit early: keep it small)
+    assert main(["sweep", *ref_args, "--engine", "reference", "--out", str(ref)]) == 0
+    titles, labels = [], []
+    real_title, real_legend = plt.Figure.suptitle, plt.Axes.legend
+    monkeypatch.setattr(plt.Figure, "suptitle", lambda self, t, *a, **k: (titles.append(t), real_title(self, t, *a, **k))[1])
+
+    def legend(self, *a, **k):
+        labels.extend(self.get_legend_handles_labels()[1])
+        return real_legend(self, *a, **k)
+    monkeypatch.setattr(plt.Axes, "legend", legend)
+    plots.plot_runs([out, ref], out_dir=tmp_path / "fig", formats=("png",))
+    assert any("TIMING WORKLOAD" in t for t in titles)
+    assert any("[fast engine]" in lab for lab in labels) and any("[reference engine]" in lab for lab in labels)

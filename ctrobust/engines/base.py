@@ -18,7 +18,8 @@ import torch
 if TYPE_CHECKING:
     from ctrobust.attacks import AttackSuite
 
-__all__ = ["AttackOutcome", "AttackEngine", "capture_warnings", "is_oom", "restoring_model_state"]
+__all__ = ["AttackOutcome", "AttackEngine", "capture_warnings", "is_oom", "largest_fitting_batch",
+           "restoring_model_state"]
 
 
 @dataclass
@@ -126,6 +127,50 @@ def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, getattr(torch.cuda, "OutOfMemoryError", ())):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def largest_fitting_batch(step, sizes, *, total_bytes: int, peak_bytes, reset_peak=None, headroom: float = 0.8,
+                          empty_cache=None) -> int:
+    """The largest batch in ``sizes`` whose attack step fits in accelerator memory with room to spare.
+
+    ``step(n)`` runs one model forward + input gradient on ``n`` rows. Sizes are tried in ascending order
+    and the probe stops at the first one that raises out-of-memory or whose peak memory exceeds
+    ``headroom * total_bytes`` (the attack's own state and the model's activations at other batch shapes
+    need the rest). The answer depends only on the model, the input shape and the device's memory, never
+    on the data, so a given GPU always gets the same block (and so the same numerics).
+
+    Args:
+        step: callable ``n -> None``.
+        sizes: candidate batch sizes (ints > 0), e.g. powers of two from 256.
+        total_bytes: the device's memory.
+        peak_bytes: callable ``() -> int``, peak memory allocated since ``reset_peak()``.
+        reset_peak: callable resetting the peak counter (optional).
+        headroom: fraction of ``total_bytes`` one step may use.
+        empty_cache: callable freeing cached blocks after an out-of-memory error (optional).
+
+    Returns:
+        The largest fitting size; the smallest candidate if none fits (the run's out-of-memory back-off
+        then takes over).
+    """
+    sizes = sorted({int(n) for n in sizes})
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"sizes must be positive ints, got {sizes}")
+    best = sizes[0]
+    for n in sizes:
+        if reset_peak is not None:
+            reset_peak()
+        try:
+            step(n)
+        except RuntimeError as exc:
+            if not is_oom(exc):
+                raise
+            if empty_cache is not None:
+                empty_cache()
+            break
+        if peak_bytes() > headroom * total_bytes:
+            break
+        best = n
+    return best
 
 
 @contextmanager

@@ -188,6 +188,10 @@ def _md_run(s: RunSummary) -> list[str]:
         from ctrobust.protocols import REFERENCE_NOTE
 
         lines += [f"> **Threat model: {REFERENCE_NOTE}.** CT scope {st.ct_scope}.", ""]
+    if st.data == "timing":
+        from ctrobust.data import TIMING_NOTE
+
+        lines += [f"> **{TIMING_NOTE[0].upper() + TIMING_NOTE[1:]}.**", ""]
     lines += ["| protocol | points | beta | robust acc (%) | clean acc (%) | Δ robust vs β=1 (pts) "
               f"| {conf_pct} % CI of Δ (pts, bootstrap) | relative gain (paper formula) "
               "| McNemar p vs β=1 (per seed) | masking flags |",

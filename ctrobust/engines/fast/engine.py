@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ctrobust.attacks import AttackSuite, get_attack, parse_suite
-from ctrobust.engines.base import AttackOutcome, is_oom, restoring_model_state
+from ctrobust.engines.base import AttackOutcome, is_oom, largest_fitting_batch, restoring_model_state
 from ctrobust.engines.fast._common import AttackContext, ModelCaller, run_attack
 from ctrobust.engines.fast.apgd import APGD
 from ctrobust.engines.fast.fab import FAB
@@ -40,8 +40,15 @@ from ctrobust.threat import Threat, check_ball
 __all__ = ["FastEngine", "AUTO_BATCH", "CPU_BLOCK"]
 
 #: ``batch_size="auto"``: a fixed size per device type (not derived from N, so that chunking does not
-#: change the block shape); halved on CUDA out-of-memory.
+#: change the block shape); halved on CUDA out-of-memory. On CUDA the memory probe replaces it
+#: (:data:`CUDA_PROBE_SIZES`).
 AUTO_BATCH = {"cuda": 512, "cpu": 128}
+#: ``batch_size="auto"`` on CUDA: the largest of these whose forward + input gradient fits in 80 % of the
+#: GPU's memory, probed once per model and input shape (``largest_fitting_batch``). The cap: every block is
+#: computed whole, so a larger block costs more in the tail of each attack, and a GPU's throughput stops
+#: growing long before its memory runs out (a time-based choice would make the block, and so the last bits
+#: of the results, vary from run to run).
+CUDA_PROBE_SIZES = (64, 128, 256, 512, 1024, 2048)
 #: default rows per model call on CPU. CPU cost per row stops falling at about 8-16 rows (measured with 2
 #: threads, CT forward+backward: ResNet-18 24-25 ms/row at 16 and 32 rows, 28 at 8; WRN-28-10 flat from 8),
 #: and a smaller block wastes less padding when few rows are left (a block is always computed whole); on
@@ -101,6 +108,7 @@ class FastEngine:
         self.chain = bool(chain)
         self.verify = bool(verify)
         self.last_stats: dict = {}
+        self._probed: dict = {}  # (model id, input shape, device) -> auto batch size found by the probe
 
     # -- attacks ----------------------------------------------------------------------------------
 
@@ -141,7 +149,8 @@ class FastEngine:
             eps: ball radius (in [0, 1] pixel units).
             suite: the :class:`~ctrobust.attacks.AttackSuite` to run (attacks in order and their
                 hyper-parameters), or anything :func:`~ctrobust.attacks.parse_suite` accepts.
-            batch_size: maximum rows in flight (int), or ``"auto"`` (:data:`AUTO_BATCH`, halved on CUDA OOM).
+            batch_size: maximum rows in flight (int), or ``"auto"`` (:data:`AUTO_BATCH`; on CUDA the largest
+                size that fits, :meth:`auto_batch_size`; halved on CUDA OOM).
             device: where to run.
 
         Returns:
@@ -204,6 +213,8 @@ class FastEngine:
             yd = torch.as_tensor(y).to(device=device, dtype=torch.int64)
             idd = torch.as_tensor(ids).to(device=device, dtype=torch.int64)
             bd = betas64.to(device)
+            if auto and device.type == "cuda" and self.block_size is None:
+                bs = self.auto_batch_size(model, xd, bd, device)
             while True:
                 try:
                     block = self.block_size or (min(bs, CPU_BLOCK) if device.type == "cpu" else bs)
@@ -281,6 +292,38 @@ class FastEngine:
                     warns.append(f"beta={beta:g}: Square Attack has decreased the robust accuracy of {frac:.2%}. "
                                  "This might indicate that the robustness evaluation using AutoAttack is "
                                  "unreliable (gradient masking?).")
+
+    # -- batch size ---------------------------------------------------------------------------------
+
+    def auto_batch_size(self, model: torch.nn.Module, x: torch.Tensor, betas: torch.Tensor,
+                        device: torch.device) -> int:
+        """``batch_size="auto"`` on CUDA: the largest of :data:`CUDA_PROBE_SIZES` whose attack step fits.
+
+        Probed once per model, input shape and device (cached on the engine) with a forward + input gradient
+        at a beta < 1 (CT's activations cost more memory than ReLU's); the run's out-of-memory back-off
+        still applies afterwards.
+        """
+        key = (id(model), tuple(x.shape[1:]), str(device))
+        if key not in self._probed:
+            from ctrobust.ct import CTActivation, set_beta
+
+            has_ct = any(isinstance(m, CTActivation) for m in model.modules())
+
+            def step(n):
+                xb = x[torch.arange(n, device=x.device) % x.shape[0]].detach().clone().requires_grad_(True)
+                if has_ct:  # (the run sets the rows' own betas before every call)
+                    set_beta(model, torch.full((n,), 0.5, dtype=torch.float32, device=x.device), validate=False)
+                with torch.enable_grad():
+                    (g,) = torch.autograd.grad(model(xb).sum(), [xb])
+                del g, xb
+                torch.cuda.synchronize(device)
+
+            total = torch.cuda.get_device_properties(device).total_memory
+            self._probed[key] = largest_fitting_batch(
+                step, CUDA_PROBE_SIZES, total_bytes=total,
+                peak_bytes=lambda: torch.cuda.max_memory_allocated(device),
+                reset_peak=lambda: torch.cuda.reset_peak_memory_stats(device), empty_cache=torch.cuda.empty_cache)
+        return self._probed[key]
 
     # -- attack groups ------------------------------------------------------------------------------
 
