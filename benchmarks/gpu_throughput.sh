@@ -8,7 +8,9 @@
 # 2. benchmarks/throughput.py (limit vs both engines on robust rows) for ResNet-18 and WRN-28-10 (random
 #    weights), median of 3 with the spread.
 # 3. The gpu-marked tests (pytest -m gpu).
-# Each step has its own time limit, so a slow step cannot eat the others; every step's wall time is logged.
+# Each step has its own time limit (at most about 8.5 minutes in all), so a slow step cannot eat the others;
+# every step's wall time and exit status is logged. A sweep cut by its limit keeps its finished units: running
+# the script again resumes it (the other steps redo little: finished sweeps are not rerun).
 # Tried on the CPU with SCALE=cpu (tiny sizes; same commands).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +20,7 @@ if [ "$SCALE" = cpu ]; then
     --repeats 1 --min-seconds 0.2 --limit-batches 8,16); TP_MODELS=bundled; TAG=cpu-dryrun; OUT=${OUT:-/tmp/gpu14}
 else
   DEVICE=cuda; ROWS=1000; BETAS=0.70:0.99:0.01; ATTACKS=standard
-  TP_ARGS=(--n-iter 20 --targets 3 --queries 500 --repeats 3 --min-seconds 1.0); TP_MODELS="bundled standard-random"
+  TP_ARGS=(--n-iter 10 --targets 2 --queries 200 --repeats 3 --min-seconds 0.5 --limit-batches 128,256,512,1024); TP_MODELS="bundled standard-random"
   TAG=$( (nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo gpu) | head -1 | tr -c 'A-Za-z0-9\n' '_' \
          | tr 'A-Z' 'a-z' | sed 's/_*$//')
   OUT=${OUT:-runs/gpu14}
@@ -40,11 +42,11 @@ say "device: $( (nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 
 say "torch: $(python -c 'import torch; print(torch.__version__, "cudnn.allow_tf32", torch.backends.cudnn.allow_tf32)')"
 COMMON=(--model bundled/resnet18-cifar10 --dataset cifar10 --data timing --n-examples "$ROWS" --subset first
         --betas "$BETAS" --attacks "$ATTACKS" --eps 8/255 --seeds 0 --device "$DEVICE" --quiet)
-step "sweep fast" 150 ctrobust sweep "${COMMON[@]}" --engine fast --out "$OUT/fast"
-step "sweep fast --executor gpus" 150 ctrobust sweep "${COMMON[@]}" --engine fast --executor gpus --out "$OUT/fast_gpus"
-step "sweep reference" 200 ctrobust sweep "${COMMON[@]}" --engine reference --out "$OUT/reference"
-step "status" 30 ctrobust status "$OUT/fast_gpus"
-step "plot" 60 ctrobust plot "$OUT/fast" "$OUT/reference" --out "$OUT/figures" --name timing_fast_vs_reference
+step "sweep fast" 50 ctrobust sweep "${COMMON[@]}" --engine fast --out "$OUT/fast"
+step "sweep fast --executor gpus" 60 ctrobust sweep "${COMMON[@]}" --engine fast --executor gpus --out "$OUT/fast_gpus"
+step "sweep reference" 120 ctrobust sweep "${COMMON[@]}" --engine reference --out "$OUT/reference"
+step "status" 20 ctrobust status "$OUT/fast_gpus"
+step "plot" 40 ctrobust plot "$OUT/fast" "$OUT/reference" --out "$OUT/figures" --name timing_fast_vs_reference
 python - "$OUT" "$TAG" "$RES" <<'EOF' 2>&1 | tee -a "$LOG"
 # one summary of the three sweeps: seconds, passes, batch size, peak memory, precision, per-beta agreement
 import json, sys
@@ -77,8 +79,9 @@ EOF
 for m in $TP_MODELS; do
   rows=16
   [ "$SCALE" = cpu ] || { [ "$m" = bundled ] && rows=512 || rows=256; }
-  step "throughput $m" 200 python benchmarks/throughput.py --device "$DEVICE" --model "$m" "${TP_ARGS[@]}" \
+  limit=70; [ "$m" = bundled ] || limit=100
+  step "throughput $m" "$limit" python benchmarks/throughput.py --device "$DEVICE" --model "$m" "${TP_ARGS[@]}" \
     --n-examples "$rows" --out "$RES/throughput_${TAG}_${m}.json"
 done
-step "gpu tests" 120 python -m pytest -q -m gpu -p no:cacheprovider
+step "gpu tests" 45 python -m pytest -q -m gpu -p no:cacheprovider
 say "done"
