@@ -83,6 +83,7 @@ ENGINE_VARIANTS = {
     "fast": {},
     "fast-nospec": {"speculate": False},  # later restarts/targets not run in the padding of the last block
     "fast-nochain": {"chain": False},  # consecutive APGD attacks run one after the other, not chained
+    "fast-noprobe": {"probe_shapes": False},  # CPU: short blocks padded to the full block, not to the probed grain
     "reference": None,
     # what a user without ctrobust writes: pyautoattack's run_standard_evaluation on the CT model, one beta
     # at a time (no per-example outcomes, no per-attack bookkeeping)

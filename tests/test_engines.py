@@ -107,9 +107,9 @@ def test_auto_batch_on_cuda_is_probed_once_and_outcomes_match_a_fixed_block():
               eps=0.05, suite="apgd-ce,apgd-t", device="cuda")
     eng = FastEngine()
     a = eng.run(model, x, y, batch_size="auto", **kw)
-    assert a.batch_size in CUDA_PROBE_SIZES and len(eng._probed) == 1
+    assert a.batch_size in CUDA_PROBE_SIZES and len(eng._probed[model]) == 1
     eng.run(model, x, y, batch_size="auto", **kw)
-    assert len(eng._probed) == 1  # not probed again
+    assert len(eng._probed[model]) == 1  # not probed again
     b = FastEngine().run(model, x, y, batch_size=a.batch_size, **kw)
     assert np.array_equal(a.robust, b.robust) and np.array_equal(a.broken_by, b.broken_by)
     assert torch.equal(a.x_adv, b.x_adv)

@@ -200,6 +200,55 @@ def test_chained_attack_reruns_later_attacks_of_a_row_whose_point_failed_verific
     assert second["rows"] == int((a[2] == attacks[1]).sum() + a[1].sum())
 
 
+class _BatchDependent(nn.Module):
+    """Logits whose last bits depend on the batch size unless it is a multiple of 4 (as kernels chosen by
+    shape do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(64, 10) / 8)
+
+    def forward(self, x):
+        z = x.flatten(1) @ self.w
+        return z * (1.0 + 1e-6 * float(x.shape[0] % 4 != 0))
+
+
+class _Elementwise(nn.Module):
+    def forward(self, x):
+        return torch.relu(x.flatten(1)[:, :10] * 3.0 - 1.0)
+
+
+def test_invariant_grain_finds_the_shapes_at_which_numerics_match_a_full_block():
+    from ctrobust.engines.fast._common import invariant_grain
+
+    torch.manual_seed(0)
+    x, b = torch.rand(5, 1, 8, 8), torch.ones(5, dtype=torch.float64)
+    assert invariant_grain(_BatchDependent().eval(), x, b, 16) == 4
+    assert invariant_grain(_Elementwise().eval(), x, b, 16) == 1
+    assert invariant_grain(_Elementwise().eval(), x, b, 1) == 1
+
+
+def test_padding_to_the_invariant_grain_changes_cost_not_outcomes(ct_digits):
+    """Short blocks padded only to the probed grain: same flags, attack and points as full blocks, less
+    padding; a model whose numerics depend on the batch size keeps full blocks."""
+    model, x, y = ct_digits
+    X, Y, I, B = _rows(x, y, 6, [1.0, 0.8])  # 12 rows in blocks of 16: every call is short
+    kw = dict(n_iter=6, n_target_classes=4)
+    on, off = FastEngine(block_size=16), FastEngine(block_size=16, probe_shapes=False)
+    a = _run(on, model, X, Y, I, B, 64, "Linf", 0.08, attacks=["apgd-ce", "apgd-t"], params=kw)
+    b = _run(off, model, X, Y, I, B, 64, "Linf", 0.08, attacks=["apgd-ce", "apgd-t"], params=kw)
+    _assert_same(_cat([a]), _cat([b]), "probed grain vs full blocks")
+    assert off.last_stats["grain"] == 16
+    grain = on.last_stats["grain"]
+    assert 16 % grain == 0
+    if grain < 16:
+        assert on.last_stats["padded_rows"] < off.last_stats["padded_rows"]
+    dep = FastEngine(block_size=16)
+    _run(dep, _BatchDependent().eval(), X, Y, I, torch.ones_like(B), 64, "Linf", 0.08,
+         attacks=["apgd-ce"], params=kw)
+    assert dep.last_stats["grain"] == 4
+
+
 class _ScriptedAttack:
     """An attack whose phases succeed or fail on a script: ``plan[row][phase]`` is the step (1-based, counted
     within the phase) at which that phase finds a point, or 0 if it fails after ``n_iter`` steps. The point

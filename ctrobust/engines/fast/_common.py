@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "ModelCaller",
+    "invariant_grain",
     "AttackContext",
     "RowState",
     "Attack",
@@ -64,6 +65,9 @@ class ModelCaller:
         block: rows per model call. Larger inputs are split into blocks.
         fixed_shape: pad every block to exactly ``block`` rows (bitwise batch invariance of the model's
             numerics, see the module docstring); ``False`` saves the padding compute.
+        grain: with ``fixed_shape``, pad a short block only to the next multiple of ``grain`` rows instead of
+            to ``block`` (``None``: ``block``). Only sound for a ``grain`` that :func:`invariant_grain` found:
+            one where the model's numerics per row are the same at every multiple of it.
 
     Attributes:
         forward_rows / backward_rows: example-forwards / example-backwards spent (padding excluded).
@@ -71,13 +75,15 @@ class ModelCaller:
         padded_rows: rows of padding pushed through the model (compute overhead of ``fixed_shape``).
     """
 
-    def __init__(self, model: torch.nn.Module, betas: torch.Tensor, *, block: int, fixed_shape: bool = True):
+    def __init__(self, model: torch.nn.Module, betas: torch.Tensor, *, block: int, fixed_shape: bool = True,
+                 grain: int | None = None):
         from ctrobust.ct import CTActivation, set_beta
 
         if block < 1:
             raise ValueError(f"block must be >= 1, got {block}")
         self.model = model
         self.block = int(block)
+        self.grain = self.block if grain is None else max(1, min(int(grain), self.block))
         self.fixed_shape = bool(fixed_shape)
         self._set_beta = set_beta
         self.has_ct = any(isinstance(m, CTActivation) for m in model.modules())
@@ -109,8 +115,8 @@ class ModelCaller:
         for i, j in self._blocks(n):
             xb, rb = x[i:j], rows[i:j]
             m = j - i
-            if self.fixed_shape and m < self.block:
-                pad = self.block - m
+            if self.fixed_shape and m < self.block and m % self.grain:
+                pad = min(self.block, -(-m // self.grain) * self.grain) - m
                 xb = torch.cat([xb, xb[:1].detach().expand(pad, *xb.shape[1:])], 0)
                 rb = torch.cat([rb, rb[:1].expand(pad)], 0)
                 self.padded_rows += pad
@@ -128,6 +134,57 @@ class ModelCaller:
         self.row_backwards.index_add_(0, rows, torch.full_like(rows, sweeps))
         self.backward_rows += n_rows * sweeps
         self.backward_calls += sweeps * max(1, math.ceil(n_rows / self.block))
+
+
+def invariant_grain(model: torch.nn.Module, x: torch.Tensor, betas: torch.Tensor, block: int) -> int:
+    """The smallest ``g`` dividing ``block`` such that the model computes every row bit for bit the same in a
+    call of any multiple of ``g`` rows (up to ``block``) as in a call of ``block`` rows.
+
+    Checked on ``block`` rows cycling through ``x`` (with their ``betas``) for the three things the attacks
+    use: logits without gradient, logits with gradient, and the input gradient of a random combination of
+    the logits; sizes ``g, 2g, ...`` are compared with the full block and the first difference rejects
+    ``g``. Kernel libraries choose their algorithm by shape, not by values, and a different algorithm
+    changes the last bits of random inputs almost surely, so equality here means the same computation.
+    On the CPU used for development, ResNet-18 and WRN-28-10 gave ``g = 2``; a model whose kernels depend on
+    the batch size gets ``g = block`` (every call padded to the block, as without the probe).
+
+    Args:
+        model: the model as the engine calls it (CT applied; eval mode; parameters frozen).
+        x: float ``(N, C, H, W)`` images (any N >= 1).
+        betas: float ``(N,)`` their CT betas.
+        block: the block size.
+
+    Returns:
+        ``g`` in the divisors of ``block``.
+    """
+    from ctrobust.ct import CTActivation, set_beta
+
+    has_ct = any(isinstance(m, CTActivation) for m in model.modules())
+    idx = torch.arange(block, device=x.device) % x.shape[0]
+    xb, bb = x[idx].detach(), betas[idx].to(torch.float32)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def run(m):
+        if has_ct:
+            set_beta(model, bb[:m], validate=False)
+        with torch.no_grad():
+            z0 = model(xb[:m])
+        xr = xb[:m].clone().requires_grad_(True)
+        with torch.enable_grad():
+            z = model(xr)
+            (g,) = torch.autograd.grad((z * w[:m]).sum(), [xr])
+        return z0, z.detach(), g
+
+    with torch.no_grad():
+        if has_ct:
+            set_beta(model, bb[:1], validate=False)
+        k = model(xb[:1]).shape[1]
+    w = torch.randn(block, k, generator=gen).to(x.device)
+    ref = run(block)
+    for g in [d for d in range(1, block) if block % d == 0]:
+        if all(all(torch.equal(a, r[:m]) for a, r in zip(run(m), ref)) for m in range(g, block, g)):
+            return g
+    return block
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -25,13 +25,14 @@ excluded); :attr:`FastEngine.last_stats` also has batched calls, padding rows, s
 from __future__ import annotations
 
 import time
+import weakref
 
 import numpy as np
 import torch
 
 from ctrobust.attacks import AttackSuite, get_attack, parse_suite
 from ctrobust.engines.base import AttackOutcome, is_oom, largest_fitting_batch, restoring_model_state
-from ctrobust.engines.fast._common import AttackContext, ModelCaller, run_attack
+from ctrobust.engines.fast._common import AttackContext, ModelCaller, invariant_grain, run_attack
 from ctrobust.engines.fast.apgd import APGD
 from ctrobust.engines.fast.fab import FAB
 from ctrobust.engines.fast.square import Square
@@ -56,6 +57,21 @@ CUDA_PROBE_SIZES = (64, 128, 256, 512, 1024, 2048)
 CPU_BLOCK = 16
 
 
+#: per model (dropped with it), shared by all engines of the process: the probed grain per input shape,
+#: block, CT kernel path and thread count (what the kernels' choice can depend on)
+_GRAIN_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _grain(model: torch.nn.Module, x: torch.Tensor, betas: torch.Tensor, block: int) -> int:
+    from ctrobust.ct import get_kernel_path
+
+    key = (tuple(x.shape[1:]), str(x.device), x.dtype, block, get_kernel_path(), torch.get_num_threads())
+    cache = _GRAIN_CACHE.setdefault(model, {})
+    if key not in cache:
+        cache[key] = invariant_grain(model, x, betas, block)
+    return cache[key]
+
+
 class FastEngine:
     """AutoAttack's attacks with early exit, beta-batching and per-example randomness.
 
@@ -77,6 +93,11 @@ class FastEngine:
         speculate: when no rows are pending, run later restarts/target classes of rows in flight in the
             padding of the last fixed-shape block (free compute; outcomes identical, see
             :func:`~ctrobust.engines.fast._common.run_attack`).
+        probe_shapes: on CPU, with ``fixed_shape``, find once per model the smallest row count ``g`` at whose
+            multiples the model computes every row bit for bit as in a full block
+            (:func:`~ctrobust.engines.fast._common.invariant_grain`), and pad short blocks only to a multiple
+            of ``g``: outcomes are unchanged and the tail of each attack costs a fraction of a block.
+            (On accelerators every call stays a full block.)
         chain: with ``speculate``, run consecutive APGD attacks of the suite (APGD-CE then APGD-T, or
             APGD-CE then APGD-DLR) as one chained attack (:meth:`APGD.chain`), so that the padding left
             by rows that APGD-CE broke runs APGD-T targets of the rows still in APGD-CE. Outcomes are
@@ -101,14 +122,16 @@ class FastEngine:
     batch_invariant = True
 
     def __init__(self, *, block_size: int | None = None, fixed_shape: bool = True, verify: bool = True,
-                 speculate: bool = True, chain: bool = True):
+                 speculate: bool = True, chain: bool = True, probe_shapes: bool = True):
         self.block_size = None if block_size is None else int(block_size)
         self.fixed_shape = bool(fixed_shape)
         self.speculate = bool(speculate)
         self.chain = bool(chain)
         self.verify = bool(verify)
         self.last_stats: dict = {}
-        self._probed: dict = {}  # (model id, input shape, device) -> auto batch size found by the probe
+        self.probe_shapes = bool(probe_shapes)
+        # per model (dropped with it): {(what, input shape, device, ...): value} found by the probes
+        self._probed = weakref.WeakKeyDictionary()
 
     # -- attacks ----------------------------------------------------------------------------------
 
@@ -218,7 +241,10 @@ class FastEngine:
             while True:
                 try:
                     block = self.block_size or (min(bs, CPU_BLOCK) if device.type == "cpu" else bs)
-                    caller = ModelCaller(model, bd, block=block, fixed_shape=self.fixed_shape)
+                    grain = None
+                    if self.probe_shapes and self.fixed_shape and device.type == "cpu" and block > 1:
+                        grain = _grain(model, xd, bd, block)
+                    caller = ModelCaller(model, bd, block=block, fixed_shape=self.fixed_shape, grain=grain)
                     ctx = AttackContext(caller, xd, yd, idd, bd, int(seed), threat_c, eps)
                     self._run_all(ctx, suite, bs, x_cpu, clean_correct, robust, broken_by, x_adv,
                                   stats, warns)
@@ -241,7 +267,8 @@ class FastEngine:
             row_bwd += caller.row_backwards.cpu().numpy()
             stats.update(forward_calls=caller.forward_calls, backward_calls=caller.backward_calls,
                          padded_rows=caller.padded_rows, forward_rows=fwd, backward_rows=bwd,
-                         block=caller.block, batch_size=bs, seconds=time.perf_counter() - t_start)
+                         block=caller.block, grain=caller.grain, batch_size=bs,
+                         seconds=time.perf_counter() - t_start)
             for key, count in ctx.notes.items():
                 warns.append(f"{key}: {count}")
         check_ball(x_cpu, x_adv, threat_c, eps)
@@ -303,8 +330,9 @@ class FastEngine:
         at a beta < 1 (CT's activations cost more memory than ReLU's); the run's out-of-memory back-off
         still applies afterwards.
         """
-        key = (id(model), tuple(x.shape[1:]), str(device))
-        if key not in self._probed:
+        key = ("batch", tuple(x.shape[1:]), str(device))
+        cache = self._probed.setdefault(model, {})
+        if key not in cache:
             from ctrobust.ct import CTActivation, set_beta
 
             has_ct = any(isinstance(m, CTActivation) for m in model.modules())
@@ -319,11 +347,11 @@ class FastEngine:
                 torch.cuda.synchronize(device)
 
             total = torch.cuda.get_device_properties(device).total_memory
-            self._probed[key] = largest_fitting_batch(
+            cache[key] = largest_fitting_batch(
                 step, CUDA_PROBE_SIZES, total_bytes=total,
                 peak_bytes=lambda: torch.cuda.max_memory_allocated(device),
                 reset_peak=lambda: torch.cuda.reset_peak_memory_stats(device), empty_cache=torch.cuda.empty_cache)
-        return self._probed[key]
+        return cache[key]
 
     # -- attack groups ------------------------------------------------------------------------------
 
