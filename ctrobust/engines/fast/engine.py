@@ -57,19 +57,25 @@ CUDA_PROBE_SIZES = (64, 128, 256, 512, 1024, 2048)
 CPU_BLOCK = 16
 
 
-#: per model (dropped with it), shared by all engines of the process: the probed grain per input shape,
-#: block, CT kernel path and thread count (what the kernels' choice can depend on)
-_GRAIN_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+#: the probed grain, shared by all engines of the process, per architecture (module types, their CT kernel
+#: pins, parameter and buffer shapes), input shape, block, CT kernel path and thread count: what a kernel
+#: library's choice of algorithm can depend on (not the weights' values)
+_GRAIN_CACHE: dict = {}
+
+
+def _architecture(model: torch.nn.Module) -> tuple:
+    return (tuple((type(m).__module__, type(m).__qualname__, getattr(m, "kernel", None)) for m in model.modules()),
+            tuple(tuple(p.shape) for p in model.parameters()), tuple(tuple(b.shape) for b in model.buffers()))
 
 
 def _grain(model: torch.nn.Module, x: torch.Tensor, betas: torch.Tensor, block: int) -> int:
     from ctrobust.ct import get_kernel_path
 
-    key = (tuple(x.shape[1:]), str(x.device), x.dtype, block, get_kernel_path(), torch.get_num_threads())
-    cache = _GRAIN_CACHE.setdefault(model, {})
-    if key not in cache:
-        cache[key] = invariant_grain(model, x, betas, block)
-    return cache[key]
+    key = (_architecture(model), tuple(x.shape[1:]), str(x.device), x.dtype, block, get_kernel_path(),
+           torch.get_num_threads())
+    if key not in _GRAIN_CACHE:
+        _GRAIN_CACHE[key] = invariant_grain(model, x, betas, block)
+    return _GRAIN_CACHE[key]
 
 
 class FastEngine:
