@@ -109,6 +109,7 @@ class APGD(Attack):
         self.eot_iter = int(eot_iter)
         self.n_phases = self.n_restarts * (self.n_target_classes if self.targeted else 1)
         self._ckpt = {}
+        self._offsets = {}
         #: for a chain (:meth:`chain`): ``[(attack, first phase), ...]`` of the attacks it runs in order
         self.segments = [(self, 0)]
 
@@ -136,6 +137,7 @@ class APGD(Attack):
         ch = cls.__new__(cls)
         ch.__dict__.update(first.__dict__)
         ch._ckpt = {}
+        ch._offsets = {}
         ch.name = "+".join(a.name for a in attacks)
         ch.targeted = any(a.targeted for a in attacks)
         ch.segments, off = [], 0
@@ -149,7 +151,10 @@ class APGD(Attack):
         """Index into :attr:`segments` of each phase (int64, like ``phase``)."""
         if len(self.segments) == 1:
             return torch.zeros_like(phase)
-        offs = torch.tensor([o for _, o in self.segments[1:]], dtype=phase.dtype, device=phase.device)
+        offs = self._offsets.get(phase.device)
+        if offs is None:  # once per device: this runs every step
+            offs = self._offsets[phase.device] = torch.tensor([o for _, o in self.segments[1:]],
+                                                              dtype=torch.int64, device=phase.device)
         return torch.bucketize(phase, offs, right=True)
 
     # -- state ------------------------------------------------------------------------------------
@@ -267,7 +272,8 @@ class APGD(Attack):
         broken = logits.argmax(1) != st["y"]
         if (len(self.segments) > 1 or self.loss != "ce") and bool(fresh.any()):
             chk = fresh & self._uses_dlr(st)
-            zero = (grad.reshape(grad.shape[0], -1).abs().sum(1) == 0) & chk
+            zero = torch.zeros_like(chk)
+            zero[chk] = grad[chk].flatten(1).abs().sum(1) == 0  # only the rows checked
             if bool(zero.any()):
                 if len(self.segments) == 1:
                     ctx.note(f"{self.name}: points with zero gradient at the start point", int(zero.sum()))
