@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from ctrobust._registry import did_you_mean
 
 __all__ = ["AttackSpec", "AttackSuite", "ATTACKS", "SUITES", "get_attack", "list_attacks", "parse_suite",
-           "gradient_attacks", "attack_order", "split_list"]
+           "gradient_attacks", "attack_order", "split_list", "suite_attack_names"]
 
 
 @dataclass(frozen=True)
@@ -202,3 +202,15 @@ def parse_suite(spec) -> AttackSuite:
     suite = dataclasses.replace(SUITES["standard"], name="custom", attacks=tuple(names))
     # a list that spells out a named suite is that suite
     return next((s for s in SUITES.values() if s.params() == suite.params()), suite)
+
+
+def suite_attack_names(label) -> list[str]:
+    """The attack names an attack option names, without validating them: a suite's attacks, else the list.
+
+    For reading what an older or foreign run dir wrote (a name this install does not know stays as written);
+    options of a new run go through :func:`parse_suite`.
+    """
+    names = [t.lower() for t in split_list(label)]
+    if len(names) == 1 and names[0] in SUITES:
+        return list(SUITES[names[0]].attacks)
+    return names

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "DEMO_CONFIG"]
+__all__ = ["main", "build_parser", "add_config_options", "DEMO_CONFIG"]
 
 # The offline default (configs/demo.yaml, shipped as package data): the naturally trained ResNet-18 shipped
 # with pyautoattack on the 20 CIFAR-10 test images shipped with foolbox, a coarse beta grid, standard
@@ -64,69 +64,41 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ctrobust: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _sweep_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("experiment (these determine results)")
-    g.add_argument("--model", help="RobustBench name (e.g. Standard), bundled/resnet18-cifar10, ct-paper/resnet18 "
-                                   "(34, 50, 101, 152; CIFAR), torchvision/<name> or timm/<name> (ImageNet), "
-                                   "py:package.module:factory or path/to/file.py:factory; `ctrobust models` lists "
-                                   "them [Standard]")
-    g.add_argument("--checkpoint", metavar="FILE", help="state_dict for ct-paper/, torchvision/, timm/ and factory "
-                                                        "models (weights_only=True; keys must match) "
-                                                        "[the family's own weights]")
-    g.add_argument("--dataset", help="cifar10 | cifar100 | imagenet [cifar10]")
-    g.add_argument("--threat", help="Linf | L2 [Linf]")
-    g.add_argument("--eps", help="budget in [0,1] pixel scale, e.g. 8/255 [8/255 for Linf, 0.5 for L2]")
-    g.add_argument("--betas", nargs="+", help="start:stop:step or a list, e.g. 0.70:0.99:0.01 or 0.9,0.95; "
-                                   "beta = 1 is always added [0.70:0.99:0.01]")
-    g.add_argument("--coeff", type=float, help="CT mixing coefficient c in [0, 1] [0.5]")
-    g.add_argument("--ct-scope", dest="ct_scope", help="all (every ReLU the forward computes) | modules (only "
-                                                       "nn.ReLU/nn.LeakyReLU submodules, as the CT reference "
-                                                       "code) [all]")
-    g.add_argument("--protocol", help="valid (the stated threat model, pixel space) | reference (the CT reference "
-                                      "code's measurement: normalized-space attack with a [0, 1] clamp there, CT "
-                                      "on nn.ReLU modules, pyautoattack; NOT the stated eps-ball) [valid]")
-    g.add_argument("--seeds", nargs="+", help="attack seed(s), e.g. 0 or 42,43,44 or 42 43 44 [0]")
-    g.add_argument("--n-examples", dest="n_examples", help="number of test examples, or all [1000]")
-    g.add_argument("--subset", help="balanced (n/classes per class, the paper's protocol) | first [balanced]")
-    g.add_argument("--data", help="full (dataset files) | bundled (images shipped in packages) | timing (--n-examples "
-                                  "rows repeating the bundled images: a timing workload, not a measurement) [full]")
-    g.add_argument("--attacks", nargs="+", help="standard | rand (APGD-CE + APGD-DLR, EOT 20) | a list such as "
-                                                "apgd-ce,apgd-t,fab-t,square [standard]")
-    g.add_argument("--engine", help="fast (ctrobust's early-exit, beta-batched AutoAttack) | reference "
-                                    "(pyautoattack as released) [fast]")
-    g.add_argument("--chunk-size", dest="chunk_size", help="examples per work unit [500]")
-    h = p.add_argument_group("where and how (never change results of the fast engine)")
-    h.add_argument("--data-dir", dest="data_dir", help="dataset folder [$CTROBUST_DATA_DIR or user cache]")
-    h.add_argument("--model-dir", dest="model_dir", help="checkpoint folder: <dir>/<dataset>/<threat>/<name>.pt "
-                                                         "(RobustBench), <dir>/ct-paper/ "
-                                                         "[$CTROBUST_MODEL_DIR or user cache]")
-    h.add_argument("--batch-size", dest="batch_size", help="N | auto (largest that fits; backs off on OOM) [auto]")
-    h.add_argument("--device", help="auto | cuda | cuda:N | mps | cpu [auto = cuda > mps > cpu]")
-    h.add_argument("--out", help="run directory [runs/<model>_<dataset>_<threat>_<eps>]")
-    h.add_argument("--config", help="YAML file setting any option; the command line overrides it")
-    h.add_argument("--quiet", action="store_true", default=None, help="no progress bars or summaries")
-    e = p.add_argument_group("scale out")
-    e.add_argument("--executor", help="local (in-process) | gpus (one worker per GPU / --workers on CPU) | "
-                                      "slurm (submitit job array) [local]")
-    e.add_argument("--workers", type=int, help="worker processes for --executor gpus")
-    e.add_argument("--resume", action="store_true", help="continue a run dir: only missing units run "
-                                                         "(re-running the same command does the same)")
-    e.add_argument("--max-retries", dest="max_retries", type=int, help="re-queue a failed unit this often [2]")
-    e.add_argument("--slurm-partition", dest="slurm_partition")
-    e.add_argument("--slurm-time", dest="slurm_time", type=int, help="minutes per job [240]")
-    e.add_argument("--slurm-gpus-per-task", dest="slurm_gpus_per_task", type=int)
-    e.add_argument("--slurm-array-parallelism", dest="slurm_array_parallelism", type=int)
-    e.add_argument("--slurm-extra", dest="slurm_extra", action="append",
-                   help="extra sbatch parameter KEY=VALUE (repeatable)")
-    e.add_argument("--slurm-cluster", dest="slurm_cluster",
-                   help="submitit cluster: slurm | local | debug (local/debug: try the Slurm path on this "
-                        "machine) [detected]")
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-_SWEEP_KEYS = ("model", "checkpoint", "dataset", "threat", "eps", "betas", "coeff", "ct_scope", "seeds",
-               "n_examples", "subset", "data", "attacks", "engine", "chunk_size", "protocol", "data_dir", "model_dir",
-               "batch_size", "device", "out", "quiet", "executor", "workers", "max_retries", "slurm_partition",
-               "slurm_time", "slurm_gpus_per_task", "slurm_array_parallelism", "slurm_extra", "slurm_cluster")
+def add_config_options(p: argparse.ArgumentParser, config_cls=None, *, study: bool = False) -> None:
+    """Add one ``--option`` per field of ``config_cls`` (default :class:`~ctrobust.config.SweepConfig`), from
+    the fields' metadata (:func:`ctrobust.config.option`): help, group and argparse settings. Every option
+    defaults to None, so the caller can tell what was given (CLI > YAML file > defaults).
+
+    With ``study``, only the fields a study lets the user set, with their study help, in one group.
+    """
+    from dataclasses import fields
+
+    from ctrobust.config import SweepConfig
+
+    config_cls = config_cls or SweepConfig
+    groups: dict = {}
+    for f in fields(config_cls):
+        meta = f.metadata
+        if not f.init or "help" not in meta or (study and not meta.get("study")):
+            continue
+        group = "sweep options (shrink the study or say where it runs)" if study else meta["group"]
+        if group not in groups:
+            groups[group] = p.add_argument_group(group)
+        help_text = (meta.get("study_help") or meta["help"]) if study else meta["help"]
+        groups[group].add_argument(_flag(f.name), dest=f.name, default=None, help=help_text,
+                                   **dict(meta.get("argparse") or {}))
+    if study:
+        return
+    # options of the command itself, not settings of the sweep
+    where = next((g for name, g in groups.items() if name.startswith("where")), p)
+    where.add_argument("--config", help="YAML file setting any option; the command line overrides it")
+    groups.get("scale out", p).add_argument(
+        "--resume", action="store_true", help="continue a run dir: only missing units run (re-running the same "
+                                              "command does the same)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="clean and robust accuracy per CT beta (resumable)",
                        epilog=SWEEP_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _sweep_options(s)
+    add_config_options(s)
 
     d = sub.add_parser("demo", help="offline demo: bundled ResNet-18 on 20 bundled CIFAR-10 images (CPU)",
                        epilog="example:\n  ctrobust demo --out runs/demo && ctrobust report runs/demo\n",
@@ -200,19 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--threat", default="Linf", help="Linf | L2 [Linf]")
     rp.add_argument("--protocols", nargs="+", default=["reference,valid"], help="reference,valid [both]")
     rp.add_argument("--out", help="study directory [runs/reproduce-<study>-<model>-<threat>]")
-    rp.add_argument("--n-examples", dest="n_examples", help="examples per dataset (shrink for a quick look) [1000]")
-    rp.add_argument("--data", help="full | bundled [full]")
-    for flag, dest, hlp in (("--data-dir", "data_dir", None), ("--model-dir", "model_dir", None),
-                            ("--engine", "engine", "engine of the valid-protocol cells [fast]"),
-                            ("--attacks", "attacks", "shrink the attacks (default: standard AutoAttack)"),
-                            ("--device", "device", None), ("--batch-size", "batch_size", None),
-                            ("--executor", "executor", None), ("--slurm-partition", "slurm_partition", None),
-                            ("--slurm-cluster", "slurm_cluster", None)):
-        rp.add_argument(flag, dest=dest, help=hlp)
-    rp.add_argument("--seeds", nargs="+", help="override the paper's seeds 42 43 44 (shrink)")
-    rp.add_argument("--betas", nargs="+", help="override the paper's grid 0.70:0.99:0.01 (shrink)")
-    rp.add_argument("--workers", type=int)
-    rp.add_argument("--quiet", action="store_true", default=None)
+    add_config_options(rp, study=True)
     return p
 
 
@@ -234,23 +194,25 @@ def _bad_input_types() -> tuple:
 
 def _cmd_sweep(a) -> int:
     from ctrobust.config import ConfigError, SweepConfig
+    from ctrobust.store import RunReader
 
-    given = {k: getattr(a, k, None) for k in _SWEEP_KEYS}
+    given = {k: getattr(a, k, None) for k in SweepConfig.field_names()}
     config_path = a.config
+    base = None
     if a.resume:
-        # resume a run dir from its own config.yaml; options given now must agree with it
+        # resume a run dir from its own configuration; options given now must agree with it
         out = given.get("out") or (SweepConfig.from_cli(given, config_path=a.config).run_dir
                                    if (a.config or given.get("model")) else None)
         if out is None:
             raise ConfigError("--resume needs --out RUN_DIR (or the options that name it)")
-        run_cfg = Path(out) / "config.yaml"
-        if not run_cfg.exists():
+        run = RunReader(out)
+        if not run.is_run_dir():
             raise ConfigError(f"--resume: {out} has no config.yaml; nothing to resume")
         if a.config:
             raise ConfigError("--resume reads the run dir's own config.yaml; drop --config")
-        config_path = run_cfg
+        base, config_path = run.options(), None
         given["out"] = str(out)
-    cfg = SweepConfig.from_cli(given, config_path=config_path)
+    cfg = SweepConfig.from_cli(given, config_path=config_path, base=base)
     return _run(cfg)
 
 
@@ -385,12 +347,11 @@ def _cmd_status(a) -> int:
 
 
 def _cmd_reproduce(a) -> int:
+    from ctrobust.config import SweepConfig
     from ctrobust.study import run_study, spec_from_options
 
     out = a.out or f"runs/reproduce-{a.study}-{str(a.model).lower()}-{a.threat}"
-    opts = {k: getattr(a, k) for k in ("n_examples", "data", "data_dir", "model_dir", "engine", "attacks", "device",
-                                       "batch_size", "executor", "slurm_partition", "slurm_cluster", "seeds",
-                                       "betas", "workers", "quiet")}
+    opts = {k: getattr(a, k, None) for k in SweepConfig.study_fields()}
     spec = spec_from_options(a.study, model=a.model, datasets=a.datasets, threat=a.threat, protocols=a.protocols,
                              out=out, **opts)
     res = run_study(spec)

@@ -8,6 +8,7 @@ never halfway through a sweep. Strings become canonical values here (``"linf"`` 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -19,26 +20,22 @@ from typing import Any
 import yaml
 
 from ctrobust import attacks as _attacks
+from ctrobust import executors as _executors
 from ctrobust._registry import UnknownNameError, did_you_mean
 from ctrobust.data import parse_dataset, parse_source, parse_subset
-from ctrobust.engines import get_engine, list_engines
+from ctrobust.engines import get_engine_spec, list_engines
 from ctrobust.protocols import get_protocol, reference_batch_size
 from ctrobust.errors import ConfigError
 from ctrobust.threat import DEFAULT_EPS, Threat
+from ctrobust.threat import format_eps as _format_eps
 
 __all__ = ["ConfigError", "SweepConfig", "parse_eps", "parse_betas", "parse_seeds", "parse_attacks",
-           "PAPER_BETAS", "DETERMINING_FIELDS", "EXECUTORS"]
+           "PAPER_BETAS", "DETERMINING_FIELDS", "EXECUTORS", "option", "RunConfig"]
 
 # The CT paper's grid: 0.70, 0.71, ..., 0.99 (beta = 1, the baseline, is always added).
 PAPER_BETAS = "0.70:0.99:0.01"
-EXECUTORS = ("local", "gpus", "slurm")
-
-# Settings that determine a result (part of every unit key and checked when a run dir is reused);
-# ``attacks`` enters the key as the attack suite's full parameters (``AttackSuite.params``).
-# A model given as code or checkpoint also enters the experiment with a hash of its weights (``model_weights``,
-# added by ``runner.prepare`` once the model is loaded), so two different models never share units.
-DETERMINING_FIELDS = ("model", "checkpoint", "dataset", "threat", "eps", "betas", "coeff", "ct_scope", "seeds",
-                      "n_examples", "subset", "data", "attacks", "engine", "chunk_size", "protocol")
+#: executor names, owned by :mod:`ctrobust.executors`
+EXECUTORS = tuple(_executors.EXECUTORS)
 
 
 #: examples per work unit unless the protocol or the user says otherwise.
@@ -100,10 +97,7 @@ def parse_eps(text) -> float:
 
 def format_eps(eps: float) -> str:
     """``8/255`` -> ``"8_255"`` (file-name safe); other values -> ``"0.5"``."""
-    k = eps * 255
-    if abs(k - round(k)) < 1e-9 and round(k) > 0:
-        return f"{round(k)}_255"
-    return f"{eps:g}"
+    return _format_eps(eps, sep="_")
 
 
 def _to_float(tok: str, what: str) -> float:
@@ -178,9 +172,35 @@ def _canon(value: str, choices, kind: str) -> str:
     raise ConfigError(str(did_you_mean(kind, str(value), choices)))
 
 
+EXPERIMENT = "experiment (these determine results)"
+WHERE = "where and how (never change results of the fast engine)"
+SCALE = "scale out"
+
+
+def option(default=dataclasses.MISSING, *, factory=dataclasses.MISSING, help: str, group: str = WHERE,
+           determining: bool = False, study: bool = False, study_help: str | None = None, **argparse_kw):
+    """A :class:`SweepConfig` field and everything the edges derive from it.
+
+    The CLI builds ``--<name-with-dashes>`` from it (``help``, ``group`` and any ``argparse_kw`` such as
+    ``nargs``, ``type`` or ``action``), the YAML reader accepts its name, ``determining`` puts it into every
+    experiment and unit key, and ``study`` lets ``ctrobust reproduce`` set it (``study_help`` there).
+    """
+    meta = {"help": help, "group": group, "determining": determining, "study": study,
+            "study_help": study_help, "argparse": argparse_kw}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class SweepConfig:
-    """Every setting of a sweep, with its default. See ``ctrobust sweep --help``.
+    """Every setting of a sweep, with its default and its help (``ctrobust sweep --help`` is built from the
+    fields' metadata, see :func:`option`).
+
+    ``validate()`` turns the fields into canonical values once, at the edge (``"linf"`` -> ``"Linf"``,
+    ``"8/255"`` -> ``0.0313...``, ``"0.7:0.99:0.01"`` -> a list of betas, the attack option -> the typed
+    :class:`~ctrobust.attacks.AttackSuite` in ``suite``); downstream code receives the validated object and
+    neither re-parses nor edits it (a worker on another device gets a copy, :meth:`replace`).
 
     Attributes:
         model: a RobustBench name (e.g. ``Standard``), ``bundled/resnet18-cifar10``, ``ct-paper/resnet18`` (and
@@ -201,7 +221,8 @@ class SweepConfig:
         subset: ``balanced`` (n/classes per class in test-set order; the CT paper's protocol) or ``first``.
         data: ``full`` (torchvision/RobustBench files), ``bundled`` (images shipped in packages; offline) or
             ``timing`` (``n_examples`` rows repeating the bundled images: a timing workload, flagged as such).
-        attacks: ``standard`` (APGD-CE, APGD-T, FAB-T, Square), ``rand``, or a comma list.
+        attacks: ``standard`` (APGD-CE, APGD-T, FAB-T, Square), ``rand``, or a comma list; validated into
+            ``suite``.
         engine: ``fast`` (ctrobust's early-exit, beta-batched AutoAttack; the default) or ``reference``
             (pyautoattack).
         batch_size: ``auto`` (largest that fits, backing off on CUDA OOM) or an int.
@@ -216,119 +237,95 @@ class SweepConfig:
         slurm_cluster: submitit's cluster (default: detected); ``local`` / ``debug`` run the Slurm path on
             this machine.
         out: run directory (default ``runs/<model>_<dataset>_<threat>_<eps>``).
+        suite: the attack suite ``attacks`` names, set by ``validate()`` (not an option).
     """
 
-    model: str = "Standard"
-    checkpoint: str | None = None
-    dataset: str = "cifar10"
-    threat: str = "Linf"
-    eps: float | None = None
-    betas: list = field(default_factory=lambda: parse_betas(PAPER_BETAS))
-    coeff: float = 0.5
-    ct_scope: str | None = None
-    seeds: list = field(default_factory=lambda: [0])
-    n_examples: int | None = 1000
-    subset: str = "balanced"
-    data: str = "full"
-    data_dir: str | None = None
-    model_dir: str | None = None
-    attacks: str = "standard"
-    engine: str | None = None
-    batch_size: Any = "auto"
-    device: str = "auto"
-    chunk_size: int | None = None
-    protocol: str = "valid"
-    out: str | None = None
-    # execution (issue 7): where units run; never changes results
-    executor: str = "local"
-    workers: int | None = None
-    max_retries: int = 2
-    slurm_partition: str | None = None
-    slurm_time: int = 240
-    slurm_gpus_per_task: int = 1
-    slurm_array_parallelism: int = 16
-    slurm_extra: list = field(default_factory=list)
-    slurm_cluster: str | None = None
-    quiet: bool = False
+    model: str = option("Standard", group=EXPERIMENT, determining=True, help=(
+        "RobustBench name (e.g. Standard), bundled/resnet18-cifar10, ct-paper/resnet18 (34, 50, 101, 152; CIFAR), "
+        "torchvision/<name> or timm/<name> (ImageNet), py:package.module:factory or path/to/file.py:factory; "
+        "`ctrobust models` lists them [Standard]"))
+    checkpoint: str | None = option(None, group=EXPERIMENT, determining=True, metavar="FILE", help=(
+        "state_dict for ct-paper/, torchvision/, timm/ and factory models (weights_only=True; keys must match) "
+        "[the family's own weights]"))
+    dataset: str = option("cifar10", group=EXPERIMENT, determining=True, help="cifar10 | cifar100 | imagenet [cifar10]")
+    threat: str = option("Linf", group=EXPERIMENT, determining=True, help="Linf | L2 [Linf]")
+    eps: float | None = option(None, group=EXPERIMENT, determining=True,
+                               help="budget in [0,1] pixel scale, e.g. 8/255 [8/255 for Linf, 0.5 for L2]")
+    betas: list = option(factory=lambda: parse_betas(PAPER_BETAS), group=EXPERIMENT, determining=True, study=True,
+                         nargs="+", study_help="override the paper's grid 0.70:0.99:0.01 (shrink)", help=(
+                             "start:stop:step or a list, e.g. 0.70:0.99:0.01 or 0.9,0.95; beta = 1 is always added "
+                             "[0.70:0.99:0.01]"))
+    coeff: float = option(0.5, group=EXPERIMENT, determining=True, type=float,
+                          help="CT mixing coefficient c in [0, 1] [0.5]")
+    ct_scope: str | None = option(None, group=EXPERIMENT, determining=True, help=(
+        "all (every ReLU the forward computes) | modules (only nn.ReLU/nn.LeakyReLU submodules, as the CT "
+        "reference code) [all]"))
+    seeds: list = option(factory=lambda: [0], group=EXPERIMENT, determining=True, study=True, nargs="+",
+                         study_help="override the paper's seeds 42 43 44 (shrink)",
+                         help="attack seed(s), e.g. 0 or 42,43,44 or 42 43 44 [0]")
+    n_examples: int | None = option(1000, group=EXPERIMENT, determining=True, study=True,
+                                    study_help="examples per dataset (shrink for a quick look) [1000]",
+                                    help="number of test examples, or all [1000]")
+    subset: str = option("balanced", group=EXPERIMENT, determining=True,
+                         help="balanced (n/classes per class, the paper's protocol) | first [balanced]")
+    data: str = option("full", group=EXPERIMENT, determining=True, study=True, study_help="full | bundled [full]",
+                       help=("full (dataset files) | bundled (images shipped in packages) | timing (--n-examples "
+                             "rows repeating the bundled images: a timing workload, not a measurement) [full]"))
+    data_dir: str | None = option(None, study=True, help="dataset folder [$CTROBUST_DATA_DIR or user cache]")
+    model_dir: str | None = option(None, study=True, help=(
+        "checkpoint folder: <dir>/<dataset>/<threat>/<name>.pt (RobustBench), <dir>/ct-paper/ "
+        "[$CTROBUST_MODEL_DIR or user cache]"))
+    attacks: str = option("standard", group=EXPERIMENT, determining=True, study=True, nargs="+",
+                          study_help="shrink the attacks (default: standard AutoAttack)", help=(
+                              "standard | rand (APGD-CE + APGD-DLR, EOT 20) | a list such as "
+                              "apgd-ce,apgd-t,fab-t,square [standard]"))
+    engine: str | None = option(None, group=EXPERIMENT, determining=True, study=True,
+                                study_help="engine of the valid-protocol cells [fast]", help=(
+                                    "fast (ctrobust's early-exit, beta-batched AutoAttack) | reference "
+                                    "(pyautoattack as released) [fast]"))
+    batch_size: Any = option("auto", study=True, help="N | auto (largest that fits; backs off on OOM) [auto]")
+    device: str = option("auto", study=True, help="auto | cuda | cuda:N | mps | cpu [auto = cuda > mps > cpu]")
+    chunk_size: int | None = option(None, group=EXPERIMENT, determining=True, help="examples per work unit [500]")
+    protocol: str = option("valid", group=EXPERIMENT, determining=True, help=(
+        "valid (the stated threat model, pixel space) | reference (the CT reference code's measurement: "
+        "normalized-space attack with a [0, 1] clamp there, CT on nn.ReLU modules, pyautoattack; NOT the "
+        "stated eps-ball) [valid]"))
+    out: str | None = option(None, help="run directory [runs/<model>_<dataset>_<threat>_<eps>]")
+    executor: str = option("local", group=SCALE, study=True, help=(
+        "local (in-process) | gpus (one worker per GPU / --workers on CPU) | slurm (submitit job array) [local]"))
+    workers: int | None = option(None, group=SCALE, study=True, type=int,
+                                 help="worker processes for --executor gpus (jobs for slurm)")
+    max_retries: int = option(2, group=SCALE, study=True, type=int, help="re-queue a failed unit this often [2]")
+    slurm_partition: str | None = option(None, group=SCALE, study=True, help="Slurm partition [the cluster's default]")
+    slurm_time: int = option(240, group=SCALE, study=True, type=int, help="minutes per job [240]")
+    slurm_gpus_per_task: int = option(1, group=SCALE, study=True, type=int, help="GPUs per Slurm job [1]")
+    slurm_array_parallelism: int = option(16, group=SCALE, study=True, type=int,
+                                          help="Slurm jobs running at once [16]")
+    slurm_extra: list = option(factory=list, group=SCALE, study=True, action="append",
+                               help="extra sbatch parameter KEY=VALUE (repeatable)")
+    slurm_cluster: str | None = option(None, group=SCALE, study=True, help=(
+        "submitit cluster: slurm | local | debug (local/debug: try the Slurm path on this machine) [detected]"))
+    quiet: bool = option(False, study=True, action="store_true", help="no progress bars or summaries")
+    suite: "_attacks.AttackSuite | None" = field(default=None, init=False, repr=False, compare=False)
 
     # ---------------------------------------------------------------------------------------------
     def validate(self) -> "SweepConfig":
-        """Canonicalize and check every field (raises ``ConfigError``); returns self."""
-        from ctrobust.ct import SCOPES
-        from ctrobust.models import check_model_options
+        """Canonicalize and check every field, in the named steps of :data:`_VALIDATION_STEPS`.
 
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise ConfigError("model must be a non-empty name, e.g. Standard")
-        if self.checkpoint is not None:
-            if not str(self.checkpoint).strip():
-                raise ConfigError("checkpoint must be a file path")
-            # absolute, so that workers started elsewhere (Slurm) read the same file
-            self.checkpoint = str(Path(str(self.checkpoint)).expanduser().absolute())
-        check_model_options(self.model, self.checkpoint)
-        self.dataset = _owned(parse_dataset, self.dataset)
-        self.threat = _owned(Threat.parse, self.threat).value
-        self.eps = DEFAULT_EPS[Threat(self.threat)] if self.eps is None else parse_eps(self.eps)
-        if self.threat == "Linf" and self.eps > 1:
-            raise ConfigError(f"eps {self.eps:g} exceeds the [0, 1] pixel range: did you mean {self.eps:g}/255?")
-        self.betas = parse_betas(self.betas)
-        try:
-            self.coeff = float(self.coeff)
-        except (TypeError, ValueError):
-            raise ConfigError(f"bad coeff {self.coeff!r}: expected a number in [0, 1]") from None
-        if not 0.0 <= self.coeff <= 1.0:
-            raise ConfigError(f"coeff {self.coeff:g} is outside [0, 1]")
-        proto = _owned(get_protocol, self.protocol)
-        self.protocol = proto.name
-        self.ct_scope = _fixed_by(proto, "ct_scope", "--ct-scope", self.ct_scope, "all", SCOPES, "CT scope")
-        self.seeds = parse_seeds(self.seeds)
-        if self.n_examples is not None:
-            if str(self.n_examples).lower() in ("all", "none"):
-                self.n_examples = None
-            else:
-                try:
-                    self.n_examples = int(self.n_examples)
-                except (TypeError, ValueError):
-                    raise ConfigError(f"bad n_examples {self.n_examples!r}: expected a positive integer") from None
-                if self.n_examples <= 0:
-                    raise ConfigError(f"n_examples must be positive, got {self.n_examples}")
-        self.subset = _owned(parse_subset, self.subset)
-        self.data = _owned(parse_source, self.data)
-        self.attacks = _parse_suite(self.attacks).label
-        self.engine = _fixed_by(proto, "engine", "--engine", self.engine, "fast", list_engines(), "engine")
-        if str(self.batch_size).lower() == "auto":
-            # the reference protocol batches as the CT reference code (pyautoattack reseeds every batch)
-            self.batch_size = reference_batch_size(self.dataset) if proto.name == "reference" else "auto"
-        else:
-            try:
-                self.batch_size = int(self.batch_size)
-            except (TypeError, ValueError):
-                raise ConfigError(f"bad batch size {self.batch_size!r}: give a positive integer or auto") from None
-            if self.batch_size <= 0:
-                raise ConfigError(f"batch size must be positive, got {self.batch_size}")
-        dev = str(self.device).lower()
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", dev):
-            raise ConfigError(f"bad device {self.device!r}: use auto, cuda, cuda:N, mps or cpu")
-        self.device = dev
-        if self.chunk_size is None:
-            # the reference protocol: one chunk, so pyautoattack's batches are the reference's
-            self.chunk_size = (self.n_examples or 10 ** 9) if proto.name == "reference" else DEFAULT_CHUNK
-        try:
-            self.chunk_size = int(self.chunk_size)
-        except (TypeError, ValueError):
-            raise ConfigError(f"bad chunk size {self.chunk_size!r}") from None
-        if self.chunk_size <= 0:
-            raise ConfigError("chunk size must be positive")
-        self.executor = _canon(self.executor, EXECUTORS, "executor")
-        if self.slurm_cluster is not None:
-            self.slurm_cluster = _canon(self.slurm_cluster, ("slurm", "local", "debug"), "slurm cluster")
-        if self.workers is not None and int(self.workers) <= 0:
-            raise ConfigError("workers must be positive")
+        Each step reads the fields as given (and the canonical values of the steps before it) and returns
+        canonical values; they are set together at the end, so a config that fails is left as it was.
+        Validating a validated config changes nothing. Raises ``ConfigError``; returns self.
+        """
+        canon: dict = {}
+        for step in _VALIDATION_STEPS:
+            canon.update(step(self, canon))
+        for k, v in canon.items():
+            object.__setattr__(self, k, v)
         return self
 
-    @property
-    def suite(self) -> "_attacks.AttackSuite":
-        """The attack suite (attacks and all their hyper-parameters) named by ``attacks``."""
-        return _parse_suite(self.attacks)
+    def replace(self, **changes) -> "SweepConfig":
+        """A validated copy with ``changes`` (e.g. a worker's ``device``); this config stays as it is."""
+        return dataclasses.replace(self, **changes).validate()
 
     @property
     def attack_list(self) -> list[str]:
@@ -342,22 +339,39 @@ class SweepConfig:
         name = re.sub(r"[^A-Za-z0-9._+-]", "-", self.model).lstrip(".-") or "model"
         return Path("runs") / f"{name}_{self.dataset}_{self.threat}_{format_eps(self.eps)}"
 
+    @classmethod
+    def determining_fields(cls) -> tuple[str, ...]:
+        """Names of the options that determine results (``option(..., determining=True)``)."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get("determining"))
+
     def determining(self) -> dict:
-        """The settings that determine results (compared when a run dir is reused)."""
-        d = {k: getattr(self, k) for k in DETERMINING_FIELDS}
+        """The settings that determine results (compared when a run dir is reused; hashed into every key).
+
+        ``attacks`` enters as the suite's parameters (``AttackSuite.params``); the batch size only for an engine
+        whose outcomes depend on it. Options that are not determining say where and how the work runs
+        (folders, device, executor, output), which never changes a result of a batch-invariant engine.
+        """
+        d = {k: getattr(self, k) for k in self.determining_fields()}
         d["attacks"] = self.suite.params()
-        if not get_engine(self.engine).batch_invariant:
+        if not get_engine_spec(self.engine).batch_invariant:
             # pyautoattack reseeds every batch: its results depend on the batch size
             d["batch_size"] = self.batch_size
         return d
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every option (not the derived ``suite``) as plain values, as ``config.yaml`` holds them."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.init}
 
     # ---------------------------------------------------------------------------------------------
     @classmethod
     def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+        """The option names (the fields a mapping, a YAML file or the command line may set)."""
+        return [f.name for f in fields(cls) if f.init]
+
+    @classmethod
+    def study_fields(cls) -> tuple[str, ...]:
+        """Options a study (``ctrobust reproduce``) lets the user set; the rest are the paper's."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get("study"))
 
     @classmethod
     def from_dict(cls, data: dict, *, source: str = "config") -> "SweepConfig":
@@ -394,8 +408,185 @@ class SweepConfig:
         return cls.from_dict(data, source=str(path)).validate()
 
     @classmethod
-    def from_cli(cls, cli: dict, config_path=None) -> "SweepConfig":
-        """CLI > YAML file > defaults. ``cli`` holds only options the user gave (None = not given)."""
-        data = cls.load_yaml(config_path) if config_path else {}
+    def from_cli(cls, cli: dict, config_path=None, *, base: dict | None = None) -> "SweepConfig":
+        """CLI > YAML file (or ``base``, a mapping such as a run dir's config as written) > defaults.
+
+        ``cli`` holds only options the user gave (None = not given).
+        """
+        data = dict(base or {})
+        if config_path:
+            data.update(cls.load_yaml(config_path))
+        data.pop("_experiment", None)
         data.update({k: v for k, v in cli.items() if v is not None})
         return cls.from_dict(data, source=str(config_path) if config_path else "options").validate()
+
+
+# -------------------------------------------------------------------------------------------------
+# Validation steps: each takes the config as given and the canonical values so far, returns canonical values
+# -------------------------------------------------------------------------------------------------
+
+
+def _check_model(c: SweepConfig, canon: dict) -> dict:
+    from ctrobust.models import check_model_options
+
+    if not isinstance(c.model, str) or not c.model.strip():
+        raise ConfigError("model must be a non-empty name, e.g. Standard")
+    checkpoint = c.checkpoint
+    if checkpoint is not None:
+        if not str(checkpoint).strip():
+            raise ConfigError("checkpoint must be a file path")
+        # absolute, so that workers started elsewhere (Slurm) read the same file
+        checkpoint = str(Path(str(checkpoint)).expanduser().absolute())
+    check_model_options(c.model, checkpoint)
+    return {"checkpoint": checkpoint}
+
+
+def _check_threat(c: SweepConfig, canon: dict) -> dict:
+    dataset = _owned(parse_dataset, c.dataset)
+    threat = _owned(Threat.parse, c.threat).value
+    eps = DEFAULT_EPS[Threat(threat)] if c.eps is None else parse_eps(c.eps)
+    if threat == "Linf" and eps > 1:
+        raise ConfigError(f"eps {eps:g} exceeds the [0, 1] pixel range: did you mean {eps:g}/255?")
+    return {"dataset": dataset, "threat": threat, "eps": eps}
+
+
+def _check_ct(c: SweepConfig, canon: dict) -> dict:
+    from ctrobust.ct import SCOPES
+
+    try:
+        coeff = float(c.coeff)
+    except (TypeError, ValueError):
+        raise ConfigError(f"bad coeff {c.coeff!r}: expected a number in [0, 1]") from None
+    if not 0.0 <= coeff <= 1.0:
+        raise ConfigError(f"coeff {coeff:g} is outside [0, 1]")
+    proto = _owned(get_protocol, c.protocol)
+    ct_scope = _fixed_by(proto, "ct_scope", "--ct-scope", c.ct_scope, "all", SCOPES, "CT scope")
+    return {"betas": parse_betas(c.betas), "coeff": coeff, "protocol": proto.name, "ct_scope": ct_scope}
+
+
+def _check_examples(c: SweepConfig, canon: dict) -> dict:
+    n = c.n_examples
+    if n is not None:
+        if str(n).lower() in ("all", "none"):
+            n = None
+        else:
+            try:
+                n = int(n)
+            except (TypeError, ValueError):
+                raise ConfigError(f"bad n_examples {c.n_examples!r}: expected a positive integer") from None
+            if n <= 0:
+                raise ConfigError(f"n_examples must be positive, got {n}")
+    return {"seeds": parse_seeds(c.seeds), "n_examples": n, "subset": _owned(parse_subset, c.subset),
+            "data": _owned(parse_source, c.data)}
+
+
+def _check_attacks(c: SweepConfig, canon: dict) -> dict:
+    proto = get_protocol(canon["protocol"])
+    suite = _parse_suite(c.attacks)
+    engine = _fixed_by(proto, "engine", "--engine", c.engine, "fast", list_engines(), "engine")
+    if str(c.batch_size).lower() == "auto":
+        # the reference protocol batches as the CT reference code (pyautoattack reseeds every batch)
+        batch_size = reference_batch_size(canon["dataset"]) if proto.name == "reference" else "auto"
+    else:
+        try:
+            batch_size = int(c.batch_size)
+        except (TypeError, ValueError):
+            raise ConfigError(f"bad batch size {c.batch_size!r}: give a positive integer or auto") from None
+        if batch_size <= 0:
+            raise ConfigError(f"batch size must be positive, got {batch_size}")
+    chunk = c.chunk_size
+    if chunk is None:
+        # the reference protocol: one chunk, so pyautoattack's batches are the reference's
+        chunk = (canon["n_examples"] or 10 ** 9) if proto.name == "reference" else DEFAULT_CHUNK
+    try:
+        chunk = int(chunk)
+    except (TypeError, ValueError):
+        raise ConfigError(f"bad chunk size {c.chunk_size!r}") from None
+    if chunk <= 0:
+        raise ConfigError("chunk size must be positive")
+    return {"attacks": suite.label, "suite": suite, "engine": engine, "batch_size": batch_size,
+            "chunk_size": chunk}
+
+
+def _check_execution(c: SweepConfig, canon: dict) -> dict:
+    dev = str(c.device).lower()
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", dev):
+        raise ConfigError(f"bad device {c.device!r}: use auto, cuda, cuda:N, mps or cpu")
+    cluster = c.slurm_cluster
+    if cluster is not None:
+        cluster = _canon(cluster, ("slurm", "local", "debug"), "slurm cluster")
+    if c.workers is not None and int(c.workers) <= 0:
+        raise ConfigError("workers must be positive")
+    return {"device": dev, "executor": _canon(c.executor, EXECUTORS, "executor"), "slurm_cluster": cluster}
+
+
+#: the steps of :meth:`SweepConfig.validate`, in order (later steps read earlier steps' canonical values).
+_VALIDATION_STEPS = (_check_model, _check_threat, _check_ct, _check_examples, _check_attacks, _check_execution)
+
+
+# -------------------------------------------------------------------------------------------------
+# A run's configuration as written
+# -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The settings of a run as its ``config.yaml`` holds them (read-only, never validated).
+
+    Everything a report, a figure or ``ctrobust status`` needs is here, typed; ``options`` keeps every option
+    as written. ``attack_names`` is the canonical attack list the run's experiment recorded
+    (``_experiment.attacks.attacks``), so readers never parse an attack option again.
+    """
+
+    model: str | None = None
+    dataset: str | None = None
+    threat: str | None = None
+    eps: float | None = None
+    betas: tuple | None = None
+    seeds: tuple | None = None
+    n_examples: int | None = None
+    subset: str | None = None
+    data: str | None = None
+    coeff: float | None = None
+    attacks: str | None = None
+    attack_names: tuple | None = None
+    engine: str | None = None
+    protocol: str | None = None
+    ct_scope: str | None = None
+    max_retries: int = 2
+    options: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> "RunConfig":
+        """From ``config.yaml``'s mapping (or any mapping of options, ``_experiment`` optional)."""
+        doc = dict(doc or {})
+        exp = doc.pop("_experiment", None) or {}
+        attacks = doc.get("attacks")
+        if attacks is not None and not isinstance(attacks, str):  # a list: its comma label
+            attacks = ",".join(str(a) for a in attacks)
+        names = (exp.get("attacks") or {}).get("attacks") if isinstance(exp.get("attacks"), dict) else None
+        if names is None and attacks is not None:
+            names = _attacks.suite_attack_names(attacks)
+        tup = (lambda v: None if v is None else tuple(v if isinstance(v, (list, tuple)) else [v]))
+        known = {f for f in cls.__dataclass_fields__} - {"options", "attack_names", "attacks", "betas", "seeds"}
+        kw = {k: doc[k] for k in known if doc.get(k) is not None}
+        return cls(**kw, attacks=attacks, attack_names=None if names is None else tuple(names),
+                   betas=tup(doc.get("betas")), seeds=tup(doc.get("seeds")), options=doc)
+
+    @classmethod
+    def of(cls, config) -> "RunConfig":
+        """A :class:`RunConfig` from a run's config in any form: None, a mapping, a ``SweepConfig``."""
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, SweepConfig):
+            doc = config.to_dict()
+            if config.suite is not None:
+                doc["_experiment"] = {"attacks": config.suite.params()}
+            return cls.from_doc(doc)
+        return cls.from_doc(dict(config))
+
+
+#: names of the options that determine results, derived from the fields' metadata.
+DETERMINING_FIELDS = SweepConfig.determining_fields()

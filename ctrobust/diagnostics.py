@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctrobust.attacks import SUITES, gradient_attacks
+from ctrobust.attacks import ATTACKS, SUITES, gradient_attacks
 
 __all__ = [
     "GRAD_ZERO_TOL",
@@ -232,10 +232,11 @@ def masking_flags(outcomes: Mapping[str, np.ndarray], *, attacks: Sequence[str] 
     tbroken = col("transfer_broken", bool)
 
     order = list(attacks) if attacks is not None else list(STANDARD_ORDER)
-    square_meaningful = True
-    if "square" in order:
-        before = order[:order.index("square")]
-        square_meaningful = any(a in GRADIENT_ATTACKS for a in before)
+    # gradient-free attacks (Square) that run after a gradient attack: a point only they break was missed by
+    # the gradients; one that runs first says nothing about the gradients
+    free = [a for a in order if a in ATTACKS and not ATTACKS[a].gradient]
+    after_gradient = [a for a in free if any(b in GRADIENT_ATTACKS for b in order[:order.index(a)])]
+    square_meaningful = bool(after_gradient) or not free
 
     result: dict = {}
     for b in np.unique(betas):
@@ -247,7 +248,7 @@ def masking_flags(outcomes: Mapping[str, np.ndarray], *, attacks: Sequence[str] 
         if broken_by is None or not square_meaningful:
             entry["square_only"] = None
         else:
-            entry["square_only"] = int(np.sum(broken_by[rows] == "square"))
+            entry["square_only"] = int(np.isin(broken_by[rows], after_gradient).sum())
         entry["square_only_flag"] = entry["square_only"] is not None and entry["square_only"] > max_square_only
         if entry["square_only_flag"]:
             reasons.append(f"{entry['square_only']} point(s) broken only by Square (gradient-free) after the "

@@ -1,9 +1,10 @@
 """Executors: strategies that run a planned sweep's work items in this process, in one worker process per
 GPU, or as a Slurm job array (submitit).
 
-An executor only decides *where* the worker loop (:func:`ctrobust.runner.run_worker`) runs; the
-orchestrator (:func:`ctrobust.sweep.run_sweep`) prepares the run dir and the plan before, and merges the
-results after. Every executor shares the run dir on a filesystem all workers see:
+An executor only decides *where* the worker loop runs; the orchestrator (:func:`ctrobust.sweep.run_sweep`)
+prepares the run dir and the plan before, merges the results after, and hands every strategy the worker
+functions it may call (``run_worker`` in this process, ``worker_main`` in a job), so this module imports
+nothing of the sweep and the config can read the executor names from here. Every executor shares the run dir on a filesystem all workers see:
 
 * units of one (seed, example chunk) form a *work item* (its beta block), because they share the beta = 1
   adversarial examples and a beta-batching engine attacks all their betas in one call;
@@ -26,13 +27,17 @@ import sys
 from typing import Callable
 
 from ctrobust._registry import did_you_mean
-from ctrobust.runner import Prepared, plan_items, run_worker
 
 __all__ = ["EXECUTORS", "get_executor", "run_local", "run_gpus", "run_slurm"]
 
 
-def run_local(prep: Prepared, units, *, bar=None, on_done=None) -> int:
+def run_local(prep, units, *, run_worker: Callable, bar=None, on_done=None, **_) -> int:
     """Run every item in this process (other processes on the same run dir may share the work).
+
+    Args:
+        prep: the orchestrator's ``runner.Prepared``.
+        units: every planned ``runner.Unit``.
+        run_worker: ``runner.run_worker``.
 
     Returns:
         The number of units this process ran.
@@ -49,7 +54,7 @@ def _gpu_workers(cfg) -> list[str | None]:
     return [cfg.device if cfg.device != "auto" else "cpu"] * (cfg.workers or 2)
 
 
-def run_gpus(prep: Prepared, units, **_) -> None:
+def run_gpus(prep, units, **_) -> None:
     """One worker process per visible GPU (or ``workers`` CPU processes), all on this machine."""
     cfg = prep.cfg
     devices = _gpu_workers(cfg)
@@ -66,15 +71,13 @@ def run_gpus(prep: Prepared, units, **_) -> None:
         print(f"ctrobust: worker exit codes {codes}; finishing what is missing in this process", file=sys.stderr)
 
 
-def run_slurm(prep: Prepared, units, **_) -> None:
+def run_slurm(prep, units, *, worker_main: Callable, **_) -> None:
     """A submitit job array; each job runs the worker loop on the shared run dir.
 
     ``slurm_cluster`` (config) overrides submitit's cluster detection: ``local`` or ``debug`` run the jobs
     on this machine (for trying a Slurm config without a cluster).
     """
     import submitit
-
-    from ctrobust.runner import worker_main
 
     cfg, run_dir = prep.cfg, prep.run.path
     ex = submitit.AutoExecutor(folder=run_dir / "slurm" / "%j", cluster=cfg.slurm_cluster)
@@ -84,7 +87,8 @@ def run_slurm(prep: Prepared, units, **_) -> None:
         params.update(slurm_partition=cfg.slurm_partition, gpus_per_node=cfg.slurm_gpus_per_task,
                       slurm_additional_parameters=dict(kv.split("=", 1) for kv in cfg.slurm_extra or []))
     ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    n_jobs = cfg.workers or min(len(plan_items(units)), cfg.slurm_array_parallelism)
+    n_items = len({(u.seed, u.chunk) for u in units})
+    n_jobs = cfg.workers or min(n_items, cfg.slurm_array_parallelism)
     device = None if ex.cluster == "slurm" else cfg.device
     jobs = ex.map_array(worker_main, [str(run_dir)] * n_jobs, [device] * n_jobs)
     if not cfg.quiet:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ctrobust.attacks import ATTACKS, attack_order
+from ctrobust.threat import format_eps
 
 __all__ = ["plot_runs", "plot_study"]
 
@@ -80,7 +81,7 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
         proto = " [reference protocol]" if r0.get("protocol") == "reference" else ""
         if len(engines) > 1:  # runs that differ only by engine must still be told apart
             proto += f" [{r0.get('engine')} engine]"
-        label = f"{r0['model']} ({r0['dataset']}, {r0['threat']} eps={_eps_text(r0['eps'])}){proto}" \
+        label = f"{r0['model']} ({r0['dataset']}, {r0['threat']} eps={format_eps(r0['eps'])}){proto}" \
             if len(runs) > 1 else ""
         c = colors[i % len(colors)]
         for key, style, marker in (("clean", "--", "s"), ("robust", "-", "o")):
@@ -114,7 +115,7 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
     n = first.get("n", "?")
     seeds_txt = ",".join(str(s) for s in sorted({r["seed"] for r in runs[0][1]}))
     title = (f"Curvature Tuning: {first.get('model', '?')} on {first.get('dataset', '?')}, "
-             f"{first.get('threat', '?')} eps={_eps_text(first.get('eps', 0))}\n"
+             f"{first.get('threat', '?')} eps={format_eps(first.get('eps', 0))}\n"
              f"{first.get('attacks', '')} AutoAttack ({first.get('engine', '')} engine), n={n} per beta, "
              f"seed(s) {seeds_txt}, c={first.get('coeff', '?')}")
     if len(runs) > 1:
@@ -137,11 +138,6 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
     axb.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="first broken by", title_fontsize=7)
     fig.tight_layout()
     return _save(fig, out_dir, name, formats)
-
-
-def _eps_text(eps: float) -> str:
-    k = float(eps) * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{float(eps):g}"
 
 
 _CELL_STYLE = {"reference": "#c44e52", "pixel": "#dd8452", "valid": "#4c72b0"}

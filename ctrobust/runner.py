@@ -24,7 +24,7 @@ import torch
 from ctrobust.config import SweepConfig
 from ctrobust.errors import ConfigError
 from ctrobust.protocols import attack_space, check_model, get_protocol
-from ctrobust.store import PlanEntry, RunDir, load_config
+from ctrobust.store import PlanEntry, RunDir, load_sweep_config
 
 __all__ = ["Unit", "WorkItem", "Prepared", "resolve_device", "prepare", "plan_units", "plan_items", "run_units",
            "run_worker", "worker_main"]
@@ -180,10 +180,12 @@ def plan_items(units) -> list[WorkItem]:
 
 
 def _engine_call(engine, prep: Prepared, pos: np.ndarray, betas: list[float], seed: int):
-    """One engine call on the rows ``pos`` at every beta of ``betas``; returns (outcome, seconds).
+    """One engine call on the rows ``pos`` at every beta of ``betas``.
 
-    The engine attacks in the protocol's space (``prep.space``); the outcome's ``x_adv`` is mapped back to
-    [0, 1] pixel space (rows not broken keep their clean image exactly).
+    Returns:
+        ``(outcome, x_adv, seconds)``: the engine's outcome as it made it, its points mapped back from the
+        protocol's space (``prep.space``) to [0, 1] pixel space (rows not broken keep their clean image
+        exactly), and the call's wall time.
     """
     cfg, ev = prep.cfg, prep.evalset
     space = prep.space
@@ -192,20 +194,15 @@ def _engine_call(engine, prep: Prepared, pos: np.ndarray, betas: list[float], se
     y = ev.y[pos].repeat(reps)
     ids = ev.ids[pos].repeat(reps)
     row_betas = torch.tensor(np.repeat(np.asarray(betas, dtype=np.float64), len(pos)))
-    cuda = prep.device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(prep.device)
     t0 = time.perf_counter()
     out = engine.run(space.model, space.to_space(x), y, ids=ids, betas=row_betas, seed=seed, threat=cfg.threat,
                      eps=cfg.eps, suite=cfg.suite, batch_size=cfg.batch_size, device=prep.device,
                      constraint=space.constraint)
     secs = time.perf_counter() - t0
-    out.peak_mem_mb = torch.cuda.max_memory_allocated(prep.device) / 2 ** 20 if cuda else None
     broken = torch.as_tensor(out.clean_correct & ~out.robust)
     x_adv = x.clone()
     x_adv[broken] = space.to_pixel(out.x_adv[broken]).to(x.dtype)
-    out.x_adv = x_adv
-    return out, secs
+    return out, x_adv, secs
 
 
 def precision(device: torch.device) -> str:
@@ -230,7 +227,7 @@ def _pixel_perturbation(x: torch.Tensor, x_adv: torch.Tensor, threat: str, eps: 
 
 def _per_beta_costs(out, n: int, n_betas: int, secs: float) -> list[dict]:
     """Measured passes of each beta's rows, and the call's seconds shared out in proportion to them."""
-    if out.row_forward_passes is None:  # the engine counts per call only: one beta per call, or even split
+    if out.accounting == "call":  # the call's totals: one beta per call, or an even split
         fwd = [int(out.forward_passes) // n_betas] * n_betas
         bwd = [int(out.backward_passes) // n_betas] * n_betas
     else:
@@ -269,12 +266,12 @@ def run_units(prep: Prepared, units: list[Unit], *, on_done=None, bar=None) -> i
             betas = [1.0] + betas  # the transfer check needs the baseline's adversarial examples
         calls = [betas] if engine.batches_betas else [[b] for b in betas]
         for call_betas in calls:
-            out, secs = _engine_call(engine, prep, pos, call_betas, seed)
+            out, x_adv_call, secs = _engine_call(engine, prep, pos, call_betas, seed)
             n = len(pos)
             costs = _per_beta_costs(out, n, len(call_betas), secs)
             for j, beta in enumerate(call_betas):
                 sl = slice(j * n, (j + 1) * n)
-                xa = out.x_adv[sl]
+                xa = x_adv_call[sl]
                 if beta == 1.0:
                     x_adv_base = xa
                 x = ev.x[pos]
@@ -357,11 +354,7 @@ def run_worker(prep: Prepared, units, *, poll: float = 0.5, wait: bool = True, b
 
 def worker_main(run_dir: str, device: str | None = None, quiet: bool = True) -> int:
     """Run as a worker on an existing run dir (its config.yaml decides everything but the device)."""
-    cfg = load_config(run_dir)
-    cfg.out = str(run_dir)
-    cfg.quiet = quiet
-    if device:
-        cfg.device = device
+    cfg = load_sweep_config(run_dir).replace(out=str(run_dir), quiet=quiet, **({"device": device} if device else {}))
     prep = prepare(cfg, resolve_device(cfg.device))
     units = plan_units(cfg, prep.run, prep.evalset.ids.numpy())
     return run_worker(prep, units)

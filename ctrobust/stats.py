@@ -19,6 +19,11 @@ the same examples.
   (accuracy of every beta in every replicate), :func:`bootstrap_reselect` (beta re-selected on the
   resampled selection half in every replicate, so an interval includes the selection step) and
   :func:`percentile_interval` (a :class:`BootstrapInterval`).
+
+Results are typed: :class:`Interval` (``lo, hi``), :class:`McNemarTest` (``b01, b10, p_value``) and
+:class:`MeanStd` are named tuples (they unpack as the plain tuples they replace, and ``mcnemar_exact(...)[
+"p_value"]`` keeps working); :class:`BootstrapInterval` is a frozen dataclass (reports serialize it as an
+object).
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple
 
 import numpy as np
 
 __all__ = [
+    "Interval",
+    "McNemarTest",
+    "MeanStd",
     "wilson_interval",
     "paired_diff_interval",
     "mcnemar_exact",
@@ -53,6 +61,34 @@ __all__ = [
 TIE_BREAKS = ("closest_to_one", "smallest")
 
 
+class Interval(NamedTuple):
+    """A confidence interval of fractions; unpacks and compares like the ``(lo, hi)`` tuple it is."""
+
+    lo: float
+    hi: float
+
+
+class McNemarTest(NamedTuple):
+    """An exact McNemar test: discordant counts and the two-sided p-value.
+
+    ``res["p_value"]`` (the dict this function returned before) keeps working.
+    """
+
+    b01: int
+    b10: int
+    p_value: float
+
+    def __getitem__(self, key):
+        return getattr(self, key) if isinstance(key, str) else tuple.__getitem__(self, key)
+
+
+class MeanStd(NamedTuple):
+    """Mean and standard deviation across seeds; unpacks as ``(mean, std)``."""
+
+    mean: float
+    std: float
+
+
 def z_value(conf: float = 0.95) -> float:
     """Two-sided standard-normal quantile for a confidence level.
 
@@ -67,7 +103,7 @@ def z_value(conf: float = 0.95) -> float:
     return NormalDist().inv_cdf(0.5 + conf / 2.0)
 
 
-def wilson_interval(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
+def wilson_interval(k: int, n: int, conf: float = 0.95) -> Interval:
     """Wilson score interval for a binomial proportion ``k / n``.
 
     ``center = (k + z^2/2) / (n + z^2)``, ``half = z / (n + z^2) * sqrt(k (n - k) / n + z^2 / 4)``,
@@ -91,7 +127,7 @@ def wilson_interval(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
     if n < 0 or k < 0 or k > n:
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
-        return 0.0, 1.0
+        return Interval(0.0, 1.0)
     z = z_value(conf)
     z2 = z * z
     denom = n + z2
@@ -99,7 +135,7 @@ def wilson_interval(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
     half = z / denom * math.sqrt(k * (n - k) / n + z2 / 4.0)
     lo = 0.0 if k == 0 else max(0.0, center - half)
     hi = 1.0 if k == n else min(1.0, center + half)
-    return lo, hi
+    return Interval(lo, hi)
 
 
 def _as_bool(flags, name: str) -> np.ndarray:
@@ -125,7 +161,7 @@ def _paired_table(a_flags, b_flags) -> tuple[int, int, int, int]:
     return both, a_only, b_only, neither
 
 
-def mcnemar_exact(a_flags, b_flags) -> dict:
+def mcnemar_exact(a_flags, b_flags) -> McNemarTest:
     """Exact McNemar test for paired per-example booleans.
 
     Only discordant pairs carry information: ``b01`` = examples where ``a`` is False and ``b`` True,
@@ -138,7 +174,7 @@ def mcnemar_exact(a_flags, b_flags) -> dict:
         b_flags: ``(N,)`` bool, e.g. robust at the CT beta, same examples in the same order.
 
     Returns:
-        ``{"b01": int, "b10": int, "p_value": float}``.
+        :class:`McNemarTest` ``(b01, b10, p_value)``.
 
     Example:
         >>> mcnemar_exact([False] * 6 + [True], [True] * 6 + [False])["p_value"]  # 2 * (1 + 7) / 2**7
@@ -148,15 +184,15 @@ def mcnemar_exact(a_flags, b_flags) -> dict:
     b01, b10 = b_only, a_only
     m = b01 + b10
     if m == 0:
-        return {"b01": 0, "b10": 0, "p_value": 1.0}
+        return McNemarTest(0, 0, 1.0)
     k = min(b01, b10)
     tail = sum(math.comb(m, i) for i in range(k + 1))
     # int / int true division is exact up to the final rounding, with no overflow for large m
     p = min(1.0, (2 * tail) / (2 ** m))
-    return {"b01": int(b01), "b10": int(b10), "p_value": float(p)}
+    return McNemarTest(int(b01), int(b10), float(p))
 
 
-def paired_diff_interval(ct_flags, base_flags, conf: float = 0.95) -> tuple[float, float]:
+def paired_diff_interval(ct_flags, base_flags, conf: float = 0.95) -> Interval:
     """Newcombe's hybrid score interval for ``mean(ct_flags) - mean(base_flags)`` on paired data.
 
     Newcombe (1998), "Improved confidence intervals for the difference between binomial proportions
@@ -184,7 +220,7 @@ def paired_diff_interval(ct_flags, base_flags, conf: float = 0.95) -> tuple[floa
     a, b, c, d = _paired_table(ct_flags, base_flags)
     n = a + b + c + d
     if n == 0:
-        return -1.0, 1.0
+        return Interval(-1.0, 1.0)
     p1, p2 = (a + b) / n, (a + c) / n
     diff = p1 - p2
     l1, u1 = wilson_interval(a + b, n, conf)
@@ -204,7 +240,7 @@ def paired_diff_interval(ct_flags, base_flags, conf: float = 0.95) -> tuple[floa
     hi_term = (p2 - l2) ** 2 - 2.0 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2
     lo = diff - math.sqrt(max(lo_term, 0.0))
     hi = diff + math.sqrt(max(hi_term, 0.0))
-    return max(-1.0, lo), min(1.0, hi)
+    return Interval(max(-1.0, lo), min(1.0, hi))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -338,7 +374,7 @@ def select_beta(acc_by_beta: Mapping[float, float], tie_break: str = "closest_to
     return min(tied, key=lambda b: (abs(1.0 - b), -b))
 
 
-def mean_std(values: Iterable[float], ddof: int = 0) -> tuple[float, float]:
+def mean_std(values: Iterable[float], ddof: int = 0) -> MeanStd:
     """Mean and standard deviation across seeds.
 
     ``ddof = 0`` (population std) by default, as ``np.std`` in the CT reference code, so our "mean +- std"
@@ -353,11 +389,11 @@ def mean_std(values: Iterable[float], ddof: int = 0) -> tuple[float, float]:
     """
     arr = np.asarray(list(values), dtype=np.float64)
     if arr.size == 0:
-        return float("nan"), float("nan")
+        return MeanStd(float("nan"), float("nan"))
     if arr.size - ddof <= 0:
-        return float(arr.mean()), 0.0
+        return MeanStd(float(arr.mean()), 0.0)
     with np.errstate(invalid="ignore"):
-        return float(arr.mean()), float(arr.std(ddof=ddof))
+        return MeanStd(float(arr.mean()), float(arr.std(ddof=ddof)))
 
 
 def relative_gain(ct: float, base: float) -> float:

@@ -41,20 +41,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ctrobust.config import SweepConfig
+from ctrobust.config import RunConfig, SweepConfig
 from ctrobust.errors import ConfigError
 
 __all__ = ["RunMismatchError", "RunDir", "PlanEntry", "Failure", "RunStatus", "package_versions", "stable_hash",
            "atomic_write_bytes", "atomic_write_text", "load_outcomes", "load_results", "load_config",
-           "merge_units", "read_plan", "read_status", "claim", "is_claimed", "OUTCOME_FIELDS", "RESULT_FIELDS",
-           "UNIT_STATES"]
+           "merge_units", "read_plan", "read_status", "claim", "is_claimed", "OUTCOME_FIELDS", "UNIT_STATES",
+           "RunReader", "RunConfig", "load_sweep_config", "diff_settings"]
 
 OUTCOME_FIELDS = ("id", "label", "beta", "seed", "clean_correct", "robust", "broken_by", "grad_zero",
                   "grad_nonfinite", "transfer_broken", "pixel_linf", "in_ball")
-
-RESULT_FIELDS = ["model", "dataset", "threat", "eps", "beta", "coeff", "seed", "n", "clean_acc", "clean_lo",
-                 "clean_hi", "robust_acc", "robust_lo", "robust_hi"]
-
 
 class RunMismatchError(ConfigError):
     """The run dir was created with different settings (bad input: exit code 2, run dir untouched)."""
@@ -140,14 +136,14 @@ def _npz_bytes(arrays: dict) -> bytes:
     return buf.getvalue()
 
 
-def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+def diff_settings(old: dict, new: dict, prefix: str = "") -> list[str]:
     """``setting: old (run) vs new (now)`` for every differing setting; nested settings by dotted name
     (``attacks.eot_iter: 1 (run) vs 20 (now)``)."""
     out = []
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{k}.")
+            out += diff_settings(a, b, f"{prefix}{k}.")
             continue
         k = f"{prefix}{k}"
         if stable_hash(a) != stable_hash(b):
@@ -158,8 +154,125 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-class RunDir:
-    """A run directory bound to one experiment (its determining settings).
+class RunReader:
+    """A run directory opened for reading, from its path alone.
+
+    Reading needs no config and no validation, so a run dir written by another install (a model family or an
+    option this install does not know) still shows its status, outcomes, results and configuration as
+    written. :class:`RunDir` adds the experiment (creating, checking, writing).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    # -- layout ----------------------------------------------------------------------------------
+    @property
+    def units_dir(self) -> Path:
+        return self.path / "units"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    def unit_path(self, key: str) -> Path:
+        return self.units_dir / f"{key}.npz"
+
+    def lock_path(self, item: str) -> Path:
+        return self.units_dir / f"{item}.lock"
+
+    def failure_path(self, item: str) -> Path:
+        return self.units_dir / f"{item}.failed"
+
+    def is_run_dir(self) -> bool:
+        return self.config_path.is_file()
+
+    # -- reading ---------------------------------------------------------------------------------
+    def config_doc(self) -> dict:
+        """``config.yaml`` as written: the options plus the ``_experiment`` block (``ConfigError`` if absent)."""
+        if not self.config_path.exists():
+            raise ConfigError(f"{str(self.path)!r} is not a ctrobust run dir (no config.yaml)")
+        try:
+            doc = yaml.safe_load(self.config_path.read_text()) or {}
+        except yaml.YAMLError:
+            raise ConfigError(f"{self.config_path} is not readable YAML") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{self.config_path} does not hold a ctrobust configuration")
+        return doc
+
+    def options(self) -> dict:
+        """The options of ``config.yaml`` as written (what ``--resume`` starts from), without ``_experiment``."""
+        doc = dict(self.config_doc())
+        doc.pop("_experiment", None)
+        return doc
+
+    def config(self) -> "RunConfig":
+        """The run's configuration as written, typed (:class:`RunConfig`); no validation."""
+        return RunConfig.from_doc(self.config_doc())
+
+    def experiment_key(self) -> str | None:
+        return (self.config_doc().get("_experiment") or {}).get("key")
+
+    def failure(self, item: str) -> "Failure":
+        """The failed attempts recorded for work item ``item`` (attempts 0 if none)."""
+        return _read_failure(self.failure_path(item))
+
+    def plan(self) -> "list[PlanEntry]":
+        """The planned units (``ConfigError`` if the sweep has not planned yet)."""
+        p = self.path / "plan.json"
+        if not p.exists():
+            raise ConfigError(f"{self.path}: no plan.json yet (the sweep has not started its units)")
+        return [PlanEntry(**u) for u in json.loads(p.read_text())["units"]]
+
+    def status(self) -> "RunStatus":
+        """Where the run stands: plan, state per unit, failures, unit seconds (reads only)."""
+        max_retries = int(self.config().max_retries)
+        plan = self.plan()
+        state, secs = {}, []
+        for u in plan:
+            meta = _unit_meta(self.unit_path(u.key))
+            if meta is not None and meta.get("key") == u.key:
+                state[u.key] = "done"
+                if isinstance(meta.get("seconds"), (int, float)):
+                    secs.append(float(meta["seconds"]))
+            elif is_claimed(self.lock_path(u.item)):
+                state[u.key] = "running"
+            elif self.failure(u.item).attempts > max_retries:
+                state[u.key] = "failed"
+            else:
+                state[u.key] = "pending"
+        failures = {f.stem: _read_failure(f) for f in sorted(self.units_dir.glob("*.failed"))}
+        return RunStatus(self.path, plan, state, failures, secs)
+
+    def read_units(self, experiment_key: str | None = None) -> list[tuple[dict, dict]]:
+        """``(arrays, meta)`` of every finished unit of the experiment (``experiment_key``, default the one
+        ``config.yaml`` names); unreadable files are skipped."""
+        key = self.experiment_key() if experiment_key is None else experiment_key
+        units = []
+        for p in sorted(self.units_dir.glob("*.npz")):
+            got = _read_npz(p)
+            if got is None or (key is not None and got[1].get("experiment") != key):
+                continue
+            units.append(got)
+        return units
+
+    def outcomes(self) -> dict:
+        """Per-example outcomes: ``outcomes.npz`` if written, else the finished units merged."""
+        p = self.path / "outcomes.npz"
+        if p.exists():
+            with np.load(p, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        return merge_units(self.read_units())[0]
+
+    def results(self) -> list[dict]:
+        """Rows of ``results.json`` (one per (beta, seed))."""
+        p = self.path / "results.json"
+        if not p.exists():
+            raise ConfigError(f"{str(self.path)!r} has no results.json yet: run `ctrobust sweep` to finish it")
+        return json.loads(p.read_text())["rows"]
+
+
+class RunDir(RunReader):
+    """A run directory bound to one experiment (its determining settings): creating, checking, writing.
 
     Args:
         path: the run directory.
@@ -170,16 +283,12 @@ class RunDir:
     """
 
     def __init__(self, path, cfg: SweepConfig, data_hash: str, model_weights: str | None = None):
-        self.path = Path(path)
+        super().__init__(path)
         self.cfg = cfg
         weights = {"model_weights": model_weights} if model_weights is not None else {}
         self.experiment = {**cfg.determining(), **weights, "data_hash": data_hash, "versions": package_versions()}
         self.key = stable_hash(self.experiment)
         self._whole: dict[str, tuple] = {}  # unit key -> (size, mtime, inode) of the file found whole
-
-    @property
-    def units_dir(self) -> Path:
-        return self.path / "units"
 
     # -- creation / reuse ------------------------------------------------------------------------
     def check(self, settings_only: bool = False) -> None:
@@ -189,7 +298,7 @@ class RunDir:
             settings_only: compare only the configured settings (before data, model weights and versions
                 are known).
         """
-        cfg_file = self.path / "config.yaml"
+        cfg_file = self.config_path
         if self.path.exists() and not self.path.is_dir():
             raise RunMismatchError(f"--out {str(self.path)!r} exists and is not a directory")
         if not cfg_file.exists():
@@ -212,7 +321,7 @@ class RunDir:
             old_cmp = {k: v for k, v in old_cmp.items() if k in new}
             if stable_hash(old_cmp) == stable_hash(new):
                 return
-        diffs = _diff(old_cmp, new)
+        diffs = diff_settings(old_cmp, new)
         raise RunMismatchError(
             f"run dir {str(self.path)!r} was created with different settings: " + "; ".join(diffs or ["(unknown)"])
             + ". Use another --out, or the original settings to resume.")
@@ -225,7 +334,7 @@ class RunDir:
         process created it first, its experiment is checked against this one instead.
         """
         self.check()
-        cfg_file = self.path / "config.yaml"
+        cfg_file = self.config_path
         created = False
         if not cfg_file.exists():
             doc = self.cfg.to_dict()
@@ -254,9 +363,6 @@ class RunDir:
         ids = np.asarray(chunk_ids, dtype=np.int64)
         return stable_hash({"experiment": self.key, "beta": float(beta), "seed": int(seed),
                             "chunk": hashlib.sha256(ids.tobytes()).hexdigest()})
-
-    def unit_path(self, key: str) -> Path:
-        return self.units_dir / f"{key}.npz"
 
     def has_unit(self, key: str) -> bool:
         """True if this experiment's unit ``key`` is finished: its file is whole (every array readable,
@@ -300,32 +406,22 @@ class RunDir:
         """``plan.json``: every planned unit (read by :func:`read_status`)."""
         atomic_write_text(self.path / "plan.json", json.dumps({"units": [asdict(e) for e in entries]}))
 
-    def lock_path(self, item: str) -> Path:
-        return self.units_dir / f"{item}.lock"
-
     def claim(self, item: str):
         """Context manager: try to claim work item ``item``; yields True if this process holds it."""
         return claim(self.lock_path(item))
-
-    def failure(self, item: str) -> "Failure":
-        """The failed attempts recorded for work item ``item`` (attempts 0 if none)."""
-        return _read_failure(self.units_dir / f"{item}.failed")
 
     def record_failure(self, item: str, exc: BaseException) -> "Failure":
         """Count one more failed attempt of ``item`` (atomically) and return the record."""
         old = self.failure(item)
         f = Failure(attempts=old.attempts + 1, error=f"{type(exc).__name__}: {exc}".splitlines()[0],
                     host=socket.gethostname(), pid=os.getpid(), time=time.time())
-        atomic_write_text(self.units_dir / f"{item}.failed", json.dumps(asdict(f)))
+        atomic_write_text(self.failure_path(item), json.dumps(asdict(f)))
         return f
 
-    def clear_failure(self, item: str) -> None:
-        (self.units_dir / f"{item}.failed").unlink(missing_ok=True)
-
     # -- merged results --------------------------------------------------------------------------
-    def read_units(self) -> list[tuple[dict, dict]]:
+    def read_units(self, experiment_key: str | None = None) -> list[tuple[dict, dict]]:
         """``(arrays, meta)`` of every finished unit of this experiment (unreadable files skipped)."""
-        return _read_all_units(self.path, self.key)
+        return super().read_units(self.key if experiment_key is None else experiment_key)
 
     def write_outcomes(self, outcomes: dict) -> None:
         atomic_write_bytes(self.path / "outcomes.npz", _npz_bytes(outcomes))
@@ -456,10 +552,7 @@ def is_claimed(path: Path) -> bool:
 
 def read_plan(run_dir) -> list[PlanEntry]:
     """The planned units of a run dir (``ConfigError`` if the sweep has not planned yet)."""
-    p = Path(run_dir) / "plan.json"
-    if not p.exists():
-        raise ConfigError(f"{run_dir}: no plan.json yet (the sweep has not started its units)")
-    return [PlanEntry(**u) for u in json.loads(p.read_text())["units"]]
+    return RunReader(run_dir).plan()
 
 
 #: the states of a planned unit, in display order.
@@ -494,25 +587,7 @@ class RunStatus:
 
 def read_status(run_dir) -> RunStatus:
     """Read a run dir's plan, units, claims and failures into a :class:`RunStatus` (reads only)."""
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir)
-    plan = read_plan(run_dir)
-    udir = run_dir / "units"
-    state, secs = {}, []
-    for u in plan:
-        meta = _unit_meta(udir / f"{u.key}.npz")
-        if meta is not None and meta.get("key") == u.key:
-            state[u.key] = "done"
-            if isinstance(meta.get("seconds"), (int, float)):
-                secs.append(float(meta["seconds"]))
-        elif is_claimed(udir / f"{u.item}.lock"):
-            state[u.key] = "running"
-        elif _read_failure(udir / f"{u.item}.failed").attempts > cfg.max_retries:
-            state[u.key] = "failed"
-        else:
-            state[u.key] = "pending"
-    failures = {f.stem: _read_failure(f) for f in sorted(udir.glob("*.failed"))}
-    return RunStatus(run_dir, plan, state, failures, secs)
+    return RunReader(run_dir).status()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -525,28 +600,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _read_all_units(run_dir: Path, experiment_key: str | None):
-    units = []
-    for p in sorted((run_dir / "units").glob("*.npz")):
-        got = _read_npz(p)
-        if got is None or (experiment_key is not None and got[1].get("experiment") != experiment_key):
-            continue
-        units.append(got)
-    return units
+def load_sweep_config(run_dir) -> SweepConfig:
+    """The validated ``SweepConfig`` a run dir was created with, for running it again (a worker, ``--resume``).
+
+    Reading a run dir needs no validation: :func:`load_config` gives the configuration as written.
+    """
+    reader = RunReader(run_dir)
+    return SweepConfig.from_dict(reader.options(), source=str(reader.config_path)).validate()
 
 
-def load_config(run_dir) -> SweepConfig:
-    """The validated ``SweepConfig`` a run dir was created with."""
-    p = Path(run_dir) / "config.yaml"
-    if not p.exists():
-        raise ConfigError(f"{str(run_dir)!r} is not a ctrobust run dir (no config.yaml)")
-    data = SweepConfig.load_yaml(p)
-    return SweepConfig.from_dict(data, source=str(p)).validate()
-
-
-def _experiment_key(run_dir) -> str | None:
-    doc = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
-    return doc.get("_experiment", {}).get("key")
+def load_config(run_dir) -> "RunConfig":
+    """A run dir's configuration as written (:class:`RunConfig`), without validation: a run dir of a model
+    family or an option this install does not know still reads."""
+    return RunReader(run_dir).config()
 
 
 def load_outcomes(run_dir) -> dict:
@@ -554,20 +620,12 @@ def load_outcomes(run_dir) -> dict:
 
     Reads ``outcomes.npz`` if present, else merges the finished units.
     """
-    run_dir = Path(run_dir)
-    p = run_dir / "outcomes.npz"
-    if p.exists():
-        with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    return merge_units(_read_all_units(run_dir, _experiment_key(run_dir)))[0]
+    return RunReader(run_dir).outcomes()
 
 
 def load_results(run_dir) -> list[dict]:
     """Rows of ``results.json`` (one per (beta, seed))."""
-    p = Path(run_dir) / "results.json"
-    if not p.exists():
-        raise ConfigError(f"{str(run_dir)!r} has no results.json yet: run `ctrobust sweep` to finish it")
-    return json.loads(p.read_text())["rows"]
+    return RunReader(run_dir).results()
 
 
 def merge_units(units) -> tuple[dict, list[dict]]:
@@ -588,4 +646,3 @@ def merge_units(units) -> tuple[dict, list[dict]]:
     out["broken_by"] = out["broken_by"].astype(str)
     order = np.lexsort((out["id"], -out["beta"], out["seed"]))
     return {k: v[order] for k, v in out.items()}, [m for _, m in units]
-

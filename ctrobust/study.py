@@ -23,7 +23,6 @@ import yaml
 from ctrobust._registry import did_you_mean
 from ctrobust.config import PAPER_BETAS, SweepConfig
 from ctrobust.errors import ConfigError
-from ctrobust.protocols import reference_batch_size
 
 __all__ = ["StudyInputError", "StudySpec", "StudyCell", "CT_PAPER", "plan_study", "preflight", "run_study",
            "STUDIES"]
@@ -91,9 +90,7 @@ class StudySpec:
 
 
 #: sweep options a user may set for a study (they shrink it or say where to run); the rest is the paper's.
-STUDY_OPTIONS = ("n_examples", "data", "data_dir", "model_dir", "seeds", "betas", "attacks", "engine",
-                 "executor", "workers", "device", "batch_size", "quiet", "max_retries", "slurm_partition",
-                 "slurm_time", "slurm_gpus_per_task", "slurm_array_parallelism", "slurm_extra", "slurm_cluster")
+STUDY_OPTIONS = SweepConfig.study_fields()
 
 
 def _cells_for(protocols) -> list[str]:
@@ -140,15 +137,13 @@ def plan_study(spec: StudySpec) -> list[StudyCell]:
                     "attacks": "standard", "out": str(out / "runs" / f"{d}-{cell}")}
             base.update(opts)
             if cell == "reference":
-                base.update(protocol="reference", engine="reference")
-                base.setdefault("batch_size", reference_batch_size(d))
-                if base.get("batch_size") == "auto":
-                    base["batch_size"] = reference_batch_size(d)
-                base["chunk_size"] = 10 ** 9  # one chunk: pyautoattack batches as in the reference
+                # the protocol fixes the engine, the CT scope, the reference's batch size (for "auto") and
+                # the single chunk (SweepConfig.validate): the study only names it
+                base["protocol"] = "reference"
+                for fixed in ("engine", "ct_scope", "chunk_size"):
+                    base.pop(fixed, None)
             else:
                 base.update(protocol="valid", ct_scope="modules" if cell == "pixel" else "all")
-            if cell == "reference":
-                base.pop("ct_scope", None)
             cells.append(StudyCell(d, cell, SweepConfig.from_dict(base, source=f"study cell {d}-{cell}").validate()))
     return cells
 
@@ -196,9 +191,9 @@ def _check_study_dir(spec: StudySpec) -> None:
     if p.exists():
         old = yaml.safe_load(p.read_text()) or {}
         if old != spec.asked():
-            from ctrobust.store import _diff
+            from ctrobust.store import diff_settings
 
-            diffs = _diff(old, spec.asked())
+            diffs = diff_settings(old, spec.asked())
             raise ConfigError(f"study dir {str(out)!r} holds another study: " + "; ".join(diffs)
                               + ". Use another --out, or the original options to resume.")
     elif out.is_dir() and any(not q.name.startswith(".") for q in out.iterdir()):
@@ -238,7 +233,7 @@ def write_study_report(spec: StudySpec, cells: list[StudyCell]) -> Path:
     from ctrobust.plots import plot_study
     from ctrobust.report.run import summarize_run
     from ctrobust.report.study import build_study_report, render_study_json, render_study_markdown, summarize_cell
-    from ctrobust.store import atomic_write_text, load_config, load_outcomes
+    from ctrobust.store import atomic_write_text, load_outcomes, load_config
 
     out = Path(spec.out)
     results = []

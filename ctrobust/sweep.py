@@ -17,7 +17,7 @@ import torch
 from ctrobust.config import SweepConfig
 from ctrobust.executors import get_executor
 from ctrobust.results import write_results
-from ctrobust.runner import Prepared, log, plan_units, prepare, resolve_device, run_worker
+from ctrobust.runner import Prepared, log, plan_units, prepare, resolve_device, run_worker, worker_main
 
 __all__ = ["run_sweep", "finalize", "SweepResult"]
 
@@ -94,7 +94,8 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepResult:
         bar = tqdm(total=len(units) - n_done_before, desc="units", unit="unit", file=sys.stderr,
                    dynamic_ncols=True)
     try:
-        n_run = execute(prep, units, bar=bar, on_done=_progress_reporter(prep, units))
+        n_run = execute(prep, units, run_worker=run_worker, worker_main=worker_main, bar=bar,
+                        on_done=_progress_reporter(prep, units))
     finally:
         if bar is not None:
             bar.close()

@@ -21,7 +21,7 @@ import torch
 
 from ctrobust._registry import did_you_mean
 
-__all__ = ["Threat", "DEFAULT_EPS", "BallViolationError", "CONSTRAINTS", "check_ball", "check_clamped_ball",
+__all__ = ["Threat", "DEFAULT_EPS", "format_eps", "BallViolationError", "CONSTRAINTS", "check_ball", "check_clamped_ball",
            "check_constraint", "clamped_distances", "distances"]
 
 #: the constraint sets an attack may be checked against: ``ball`` (the threat model: x_adv in [0, 1] and
@@ -96,6 +96,22 @@ class BallViolationError(AssertionError):
         self.first_index = first_index
         self.worst_distance = worst_distance
         self.bad_indices = bad_indices
+
+
+def format_eps(eps, sep: str = "/") -> str:
+    """A budget as people write it: ``k/255`` when eps is a multiple of 1/255, else ``%g``.
+
+    Args:
+        eps: the budget in [0, 1] pixel units (None gives ``"?"``).
+        sep: ``"/"`` for text (``8/255``), ``"_"`` for file names (``8_255``).
+    """
+    if eps is None:
+        return "?"
+    eps = float(eps)
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6 and round(k) > 0:
+        return f"{round(k)}{sep}255"
+    return f"{eps:g}"
 
 
 def distances(x_clean: torch.Tensor, x_adv: torch.Tensor, threat: "str | Threat") -> torch.Tensor:

@@ -22,7 +22,9 @@ import torch
 import torch.nn as nn
 
 from ctrobust.engines.fast import rng
-from ctrobust.engines.fast._common import AttackContext, ModelCaller, run_attack
+from ctrobust.engines.fast._caller import ModelCaller
+from ctrobust.engines.fast._context import AttackContext
+from ctrobust.engines.fast._driver import run_attack
 from ctrobust.engines.fast.apgd import APGD, checkpoint_schedule
 from ctrobust.attacks import AttackSuite
 from ctrobust.engines.fast.engine import FastEngine

@@ -20,7 +20,7 @@ from ctrobust.attacks import AttackSuite, parse_suite
 from ctrobust.ct import apply_ct, get_beta, set_beta
 from ctrobust.engines import get_engine
 from ctrobust.engines.base import AttackOutcome
-from ctrobust.engines.fast._common import RowState, run_attack
+from ctrobust.engines.fast._driver import Attack, RowState, run_attack
 from ctrobust.engines.fast.engine import FastEngine
 from ctrobust.threat import distances
 from ctrobust.toy import train_digits_cnn
@@ -219,7 +219,7 @@ class _Elementwise(nn.Module):
 
 
 def test_invariant_grain_finds_the_shapes_at_which_numerics_match_a_full_block():
-    from ctrobust.engines.fast._common import invariant_grain
+    from ctrobust.engines.fast._caller import invariant_grain
 
     torch.manual_seed(0)
     x, b = torch.rand(5, 1, 8, 8), torch.ones(5, dtype=torch.float64)
@@ -249,7 +249,7 @@ def test_padding_to_the_invariant_grain_changes_cost_not_outcomes(ct_digits):
     assert dep.last_stats["grain"] == 4
 
 
-class _ScriptedAttack:
+class _ScriptedAttack(Attack):
     """An attack whose phases succeed or fail on a script: ``plan[row][phase]`` is the step (1-based, counted
     within the phase) at which that phase finds a point, or 0 if it fails after ``n_iter`` steps. The point
     found is the image filled with ``10 * row + phase``, so the winning phase can be read back."""

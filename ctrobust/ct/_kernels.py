@@ -8,7 +8,8 @@ Kernel paths (``KERNEL_PATHS``), chosen in code like timm's ``set_layer_config``
 ``fused``
     One jiterator kernel per direction (NVRTC-compiled at first use) on CUDA float32/float64 tensors.
     Where it does not apply (CPU, other dtypes, or after a jiterator failure, which warns once) the
-    ``aten`` path runs instead: silently, as before paths could be chosen. This is the default.
+    ``aten`` path runs instead, silently (the two agree to float32 precision, so a model runs everywhere
+    under one setting). This is the default.
 ``aten``
     Composed aten kernels with the analytic backward of ``_CTFunction`` (which saves only the input):
     phi takes 8 and phi' 5 vectorised kernels, chosen for the CPU: no exp() argument below -30 (float32
@@ -22,16 +23,12 @@ Kernel paths (``KERNEL_PATHS``), chosen in code like timm's ``set_layer_config``
 Selection: ``set_kernel_path(name)`` sets the process-wide default, ``kernel_path(name)`` sets it for a
 ``with`` block (timm-style: a global, not thread-local), and ``apply_ct(..., kernel=name)`` /
 ``CTActivation(..., kernel=name)`` pin one model, which then ignores the default. The initial default is
-``fused``, or ``aten`` when ``CTROBUST_CT_FUSED`` is 0/false/no/off at import (read once, its meaning
-before paths existed).
+``fused``, or ``aten`` when ``CTROBUST_CT_FUSED`` is 0/false/no/off at import (read once: a switch for
+machines whose NVRTC cannot compile the jiterator kernels).
 
-Cost (``benchmarks/ct_overhead.py``, ``benchmarks/results/``), one attack step (forward + input
-gradient, beta = 0.9) vs the ReLU model: WRN-28-10, batch 128, H100: 1.16x (aten path 1.64x, plain
-autograd formula 1.91x); ResNet-18 on the H100: 1.31x at batch 128 (per-call Python/launch overhead: 17
-activations, 5.8 ms steps), 1.08x at batch 512; ResNet-18, batch 32, CPU: 1.24x with one thread
-(formula: 1.7-1.8x), about 1.2x with two threads on an idle machine, more when other processes compete
-for the cores (13 extra kernels per activation, each a parallel region that waits for a descheduled
-thread). A scalar beta lives on the host as a Python float (no device sync per call); per-example
+Cost: one attack step with CT against the ReLU model is measured by ``benchmarks/ct_overhead.py``
+(``benchmarks/results/ct_overhead_*.txt``); the fused path's saving is that the backward keeps only the input.
+A scalar beta lives on the host as a Python float (no device sync per call); per-example
 tensors are derived once per ``set_beta`` (``_BetaState``).
 """
 
@@ -124,8 +121,8 @@ KERNEL_PATHS = ("fused", "aten", "formula")
 
 
 def _initial_path() -> str:
-    # CTROBUST_CT_FUSED=0 switched the fused kernels off before paths could be chosen: it keeps that
-    # meaning, as the initial default only (read once, at import)
+    # an environment switch for machines where NVRTC cannot compile the jiterator kernels; read once, so
+    # a process's default does not change under it
     off = os.environ.get("CTROBUST_CT_FUSED", "1").strip().lower() in ("0", "false", "no", "off")
     return "aten" if off else "fused"
 
@@ -293,7 +290,7 @@ class _BetaState:
         return s
 
     def _make(self, x: torch.Tensor, c: float, a: float, path: str):
-        fused = path == "fused" and _fused_ok(x)  # elsewhere "fused" means the aten path, as it always did
+        fused = path == "fused" and _fused_ok(x)  # elsewhere "fused" means the aten path (same results)
         formula = path == "formula"
         t = self.tensor
         if t.dim() == 0:

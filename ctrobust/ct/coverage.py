@@ -102,6 +102,15 @@ class Coverage:
         return {"relu_modules": self.relu_modules, "relu_functional": self.relu_functional,
                 "leaky_relu": self.leaky_relu, "missed": self.missed, "unsupported": dict(self.unsupported)}
 
+    def __getitem__(self, key: str):
+        """``cov["missed"]``: ``ct_coverage`` returned a dict before it returned ``Coverage``; the keys of that
+        dict still read (attributes are the typed way), anything else names ``to_dict()``."""
+        legacy = self.to_dict()
+        if isinstance(key, str) and key in legacy:
+            return legacy[key]
+        raise KeyError(f"{key!r}: ct_coverage returns a Coverage (attributes {', '.join(f.name for f in fields(self))});"
+                       " use cov.to_dict() for the old dict")
+
     def as_record(self) -> dict:
         """All fields (``to_dict()`` plus ``scope`` and ``untouched``), JSON-ready."""
         rec = {f.name: getattr(self, f.name) for f in fields(self)}

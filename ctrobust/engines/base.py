@@ -18,8 +18,8 @@ import torch
 if TYPE_CHECKING:
     from ctrobust.attacks import AttackSuite
 
-__all__ = ["AttackOutcome", "AttackEngine", "capture_warnings", "is_oom", "largest_fitting_batch",
-           "restoring_model_state"]
+__all__ = ["AttackOutcome", "AttackEngine", "PeakMemory", "PassCounter", "capture_warnings", "is_oom",
+           "largest_fitting_batch", "restoring_model_state"]
 
 
 @dataclass
@@ -40,7 +40,11 @@ class AttackOutcome:
         row_forward_passes: int64 (N,) example-forwards spent on each row, or None when the engine does
             not count per row (then ``forward_passes`` is the call's total).
         row_backward_passes: int64 (N,) example-backwards spent on each row, or None.
-        peak_mem_mb: the accelerator's peak memory during the call (MiB; set by the caller), or None.
+        peak_mem_mb: the accelerator's peak memory during the call (MiB, measured by the engine), or None
+            off CUDA.
+        accounting: how the engine counted its passes: ``"row"`` (``row_forward_passes`` /
+            ``row_backward_passes`` hold each row's own passes) or ``"call"`` (only the call's totals; such an
+            engine attacks one beta per call, so the totals are that beta's).
     """
 
     clean_correct: np.ndarray
@@ -54,6 +58,13 @@ class AttackOutcome:
     row_forward_passes: np.ndarray | None = None
     row_backward_passes: np.ndarray | None = None
     peak_mem_mb: float | None = None
+    accounting: str = "call"
+
+    def __post_init__(self):
+        if self.accounting not in ("row", "call"):
+            raise ValueError(f"accounting must be 'row' or 'call', got {self.accounting!r}")
+        if self.accounting == "row" and (self.row_forward_passes is None or self.row_backward_passes is None):
+            raise ValueError("accounting 'row' needs row_forward_passes and row_backward_passes")
 
     def subset(self, mask: np.ndarray) -> "AttackOutcome":
         """Rows selected by a boolean or index array (counters are kept for the whole call)."""
@@ -62,7 +73,8 @@ class AttackOutcome:
                              self.x_adv[torch.as_tensor(idx, dtype=torch.long)], self.forward_passes,
                              self.backward_passes, self.batch_size, list(self.warnings),
                              None if self.row_forward_passes is None else self.row_forward_passes[idx],
-                             None if self.row_backward_passes is None else self.row_backward_passes[idx])
+                             None if self.row_backward_passes is None else self.row_backward_passes[idx],
+                             self.peak_mem_mb, self.accounting)
 
 
 class AttackEngine(Protocol):
@@ -198,3 +210,52 @@ def restoring_model_state(model: torch.nn.Module, *, requires_grad: bool = False
             p.requires_grad_(rg)
         if beta is not None:
             set_beta(model, beta, validate=False)
+
+
+class PeakMemory:
+    """Context manager: the accelerator's peak memory allocated inside the block, in MiB (``mb``).
+
+    ``mb`` stays None off CUDA (CPU memory is the process's, measured from outside).
+    """
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.mb: float | None = None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+
+
+class PassCounter(torch.nn.Module):
+    """Wraps a model and counts what it computes: example-forwards and example-backwards.
+
+    Every forward adds its batch size to ``forward_passes``; every backward sweep through an output that
+    requires grad adds the batch size to ``backward_passes`` (a hook on the output's gradient), which is how
+    the fast engine counts (one image through the model once = 1). Outputs and gradients are the wrapped
+    model's, unchanged.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.forward_passes = 0
+        self.backward_passes = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        n = int(x.shape[0])
+        self.forward_passes += n
+        if out.requires_grad:
+            out.register_hook(self._count_backward(n))
+        return out
+
+    def _count_backward(self, n: int):
+        def hook(grad):
+            self.backward_passes += n
+        return hook

@@ -18,7 +18,8 @@ import torch
 
 from ctrobust.attacks import ATTACKS, AttackSuite, parse_suite
 from ctrobust.ct import set_beta
-from ctrobust.engines.base import AttackOutcome, capture_warnings, is_oom, restoring_model_state
+from ctrobust.engines.base import (AttackOutcome, PassCounter, PeakMemory, capture_warnings, is_oom,
+                                   restoring_model_state)
 from ctrobust.threat import check_constraint
 
 __all__ = ["ReferenceEngine"]
@@ -56,6 +57,9 @@ class ReferenceEngine:
     batches_betas = False
     #: pyautoattack reseeds every batch, so outcomes depend on the batch size (part of the experiment key)
     batch_invariant = False
+    #: pyautoattack clamps to [0, 1] in whatever space it is given: the threat ball on images, the clamped
+    #: ball on the reference protocol's normalized inputs
+    constraints = ("ball", "clamped-ball")
 
     def run(self, model, x, y, *, ids, betas, seed, threat, eps, suite, batch_size, device,
             constraint: str = "ball") -> AttackOutcome:
@@ -78,7 +82,10 @@ class ReferenceEngine:
             warns.append("the model was in train mode: evaluated in eval mode")
         used_bs = 0
         betas_np = np.asarray(betas, dtype=np.float64)
-        with restoring_model_state(model):
+        # pyautoattack attacks the counting wrapper: its forwards and backwards are counted as the fast engine
+        # counts its own (example passes), so the results' cost columns mean the same for both engines
+        counted = PassCounter(model)
+        with restoring_model_state(model), PeakMemory(device) as peak:
             model.eval()
             for beta in sorted(set(betas_np.tolist()), reverse=True):
                 rows = np.flatnonzero(betas_np == beta)
@@ -89,7 +96,7 @@ class ReferenceEngine:
 
                 while True:
                     try:
-                        res = self._run_group(model, x[rows], y[rows], seed, threat, eps, suite, int(bs), device)
+                        res = self._run_group(counted, x[rows], y[rows], seed, threat, eps, suite, int(bs), device)
                         break
                     except RuntimeError as exc:  # back off on out-of-memory, as timm's validate does
                         if batch_size == "auto" and is_oom(exc) and bs > 1:
@@ -104,7 +111,8 @@ class ReferenceEngine:
                 used_bs = max(used_bs, int(bs))
         check_constraint(x.cpu(), x_adv, threat, eps, constraint)
         return AttackOutcome(clean_correct, robust, broken_by.astype(str), x_adv,
-                             forward_passes=0, backward_passes=0, batch_size=used_bs, warnings=warns)
+                             forward_passes=counted.forward_passes, backward_passes=counted.backward_passes,
+                             batch_size=used_bs, warnings=warns, peak_mem_mb=peak.mb, accounting="call")
 
     def _run_group(self, model, x, y, seed, threat, eps, suite: AttackSuite, bs, device):
         from pyautoattack import checks

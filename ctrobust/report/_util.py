@@ -1,19 +1,8 @@
-"""Small helpers shared by the report modules (config access, beta keys, name matching, units)."""
+"""Small helpers shared by the report modules (beta keys, name matching, units)."""
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import numpy as np
-
-
-def cfg(config, name: str, default=None):
-    """Read a config field by attribute (``SweepConfig``) or key (mapping), with a default."""
-    if config is None:
-        return default
-    if isinstance(config, Mapping):
-        return config.get(name, default)
-    return getattr(config, name, default)
 
 
 def bkey(beta) -> float:
@@ -27,16 +16,11 @@ def norm_name(s) -> str:
 
 
 def attack_list(attacks) -> list[str] | None:
-    """Canonical attack names of an attack option (suite name or list), as the config parses them."""
+    """Canonical attack names of an attack option (suite name or list) as written, or None."""
     if attacks is None:
         return None
-    try:
-        from ctrobust.config import parse_attacks
-        return list(parse_attacks(attacks))
-    except Exception:  # an unparsable value (e.g. in an old config): keep what we got, as strings
-        if isinstance(attacks, str):
-            return [a.strip().lower() for a in attacks.split(",") if a.strip()]
-        return [str(a).lower() for a in attacks]
+    from ctrobust.attacks import suite_attack_names
+    return suite_attack_names(attacks if isinstance(attacks, str) else ",".join(str(a) for a in attacks))
 
 
 def pct(x):

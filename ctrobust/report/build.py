@@ -7,7 +7,7 @@ import zlib
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ctrobust.report._util import bkey, cfg
+from ctrobust.report._util import bkey
 from ctrobust.report.aggregate import aggregate_runs
 from ctrobust.report.claims import compare_claims, load_claims
 from ctrobust.report.render import render_json, render_markdown
@@ -22,7 +22,10 @@ FORMATS = ("md", "json")
 
 def _run_boot_seed(boot_seed: int, config) -> int:
     """A per-run bootstrap seed from ``boot_seed`` and the run's identity (not its position in the list)."""
-    ident = f"{cfg(config, 'model')}|{cfg(config, 'dataset')}|{cfg(config, 'threat')}|{cfg(config, 'eps')}"
+    from ctrobust.config import RunConfig
+
+    rc = RunConfig.of(config)
+    ident = f"{rc.model}|{rc.dataset}|{rc.threat}|{rc.eps}"
     return (int(boot_seed) * 1_000_003 + zlib.crc32(ident.encode())) % (2 ** 32)
 
 
@@ -88,7 +91,7 @@ def summarize(run_dirs: Sequence, select_on: str = "half", split_seed: int = 0, 
     _check_options(select_on)
     if not run_dirs:
         raise ValueError("no run directories given")
-    from ctrobust.store import load_config, load_outcomes, load_results
+    from ctrobust.store import load_outcomes, load_results, load_config
 
     summaries = []
     for rd in run_dirs:

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from ctrobust.threat import format_eps
 from ctrobust.report.summary import (BootstrapInterval, ClaimComparison, MaskingFlags, MaskingSummary, MeanStd,
                                      ProtocolSummary, Report, RunSummary, SettingDiff, to_dict)
 
@@ -48,16 +49,6 @@ def render_json(report: Report) -> str:
 
 # ==================================================================================================
 # Markdown: formatting of single values
-def _fmt_eps(eps) -> str:
-    if eps is None:
-        return "?"
-    eps = float(eps)
-    k = eps * 255
-    if abs(k - round(k)) < 1e-6 and round(k) > 0:
-        return f"{round(k)}/255"
-    return f"{eps:g}"
-
-
 def _f(x, nd=2) -> str:
     if x is None:
         return "—"
@@ -152,7 +143,7 @@ def _fval(v) -> str:
 
 def _fdiff(d: SettingDiff) -> str:
     if d.setting == "eps":
-        ours, paper = _fmt_eps(d.ours), _fmt_eps(d.paper)
+        ours, paper = format_eps(d.ours), format_eps(d.paper)
     elif d.setting == "betas":
         grid = d.ours or ()
         ours = f"{len(grid)} betas {grid[0]:.2f}..{grid[-1]:.2f}" if grid else "none"
@@ -179,7 +170,7 @@ def _md_run(s: RunSummary) -> list[str]:
     conf_pct = int(round(s.conf * 100))
     lines = [f"## {title}", ""]
     lines.append(
-        f"{st.model} on {st.dataset}, {st.threat} eps {_fmt_eps(st.eps)}, "
+        f"{st.model} on {st.dataset}, {st.threat} eps {format_eps(st.eps)}, "
         f"n = {b.n} examples ({st.subset or '?'}), seeds {_fval(st.seeds)}, "
         f"{len(st.betas or ())} betas, coeff {st.coeff}, attacks {st.attacks}, "
         f"engine {st.engine}.")

@@ -9,7 +9,8 @@ import numpy as np
 
 from ctrobust import stats
 from ctrobust.diagnostics import masking_flags
-from ctrobust.report._util import attack_list, bkey, cfg, opt_float, pct
+from ctrobust.report._util import bkey, opt_float, pct
+from ctrobust.config import RunConfig
 from ctrobust.report.selection import bootstrap_run, summarize_seed
 from ctrobust.report.summary import (AttackCounts, BaseStats, BetaSummary, MaskingFlags, MaskingSummary, MeanStd,
                                      ProtocolSummary, RunSettings, RunSummary, SeedSummary)
@@ -33,24 +34,19 @@ def _settings(config, seeds: list[SeedTable]) -> tuple[RunSettings, list[str]]:
     actual_seeds = [sd.seed for sd in seeds]
     actual_n = min(int(sd.ids.size) for sd in seeds)
     warnings = []
-    cfg_betas, cfg_seeds, cfg_n = cfg(config, "betas"), cfg(config, "seeds"), cfg(config, "n_examples")
+    rc = RunConfig.of(config)
+    cfg_betas, cfg_seeds, cfg_n = rc.betas, rc.seeds, rc.n_examples
     if cfg_betas is not None and {bkey(b) for b in cfg_betas} != {bkey(b) for b in actual_betas}:
         warnings.append(f"the outcomes hold {len(actual_betas)} betas, the config asks for {len(cfg_betas)}")
     if cfg_seeds is not None and sorted(int(x) for x in cfg_seeds) != sorted(actual_seeds):
         warnings.append(f"the outcomes hold seeds {actual_seeds}, the config asks for {list(cfg_seeds)}")
     if cfg_n is not None and int(cfg_n) != actual_n:
         warnings.append(f"{actual_n} examples evaluated at every beta, the config asks for {cfg_n}")
-    attacks = cfg(config, "attacks")
-    if attacks is not None and not isinstance(attacks, str):  # a list in a mapping config: its comma label
-        attacks = ",".join(str(a) for a in attacks)
-    names = attack_list(attacks)
     settings = RunSettings(
-        model=cfg(config, "model"), dataset=cfg(config, "dataset"), threat=cfg(config, "threat"),
-        eps=opt_float(cfg(config, "eps")), n_examples=actual_n, subset=cfg(config, "subset"),
-        data=cfg(config, "data"), seeds=tuple(actual_seeds), betas=tuple(actual_betas),
-        coeff=opt_float(cfg(config, "coeff")), attacks=attacks,
-        attack_names=None if names is None else tuple(names), engine=cfg(config, "engine"),
-        protocol=cfg(config, "protocol"), ct_scope=cfg(config, "ct_scope"))
+        model=rc.model, dataset=rc.dataset, threat=rc.threat, eps=opt_float(rc.eps), n_examples=actual_n,
+        subset=rc.subset, data=rc.data, seeds=tuple(actual_seeds), betas=tuple(actual_betas),
+        coeff=opt_float(rc.coeff), attacks=rc.attacks, attack_names=rc.attack_names, engine=rc.engine,
+        protocol=rc.protocol, ct_scope=rc.ct_scope)
     return settings, warnings
 
 

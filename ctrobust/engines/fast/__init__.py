@@ -2,8 +2,9 @@
 reimplemented with early exit, beta-batching and batch-invariant, counter-based randomness.
 
 Modules: :mod:`.engine` (``FastEngine``), :mod:`.apgd`, :mod:`.fab`, :mod:`.square` (the attacks, each a
-per-row state machine), :mod:`.rng` (counter-based random numbers), :mod:`._common` (model caller, early-exit
-driver, norms and losses).
+per-row state machine), :mod:`.rng` (counter-based random numbers), :mod:`._caller` (the model caller: per-row
+beta, fixed-shape blocks, counts), :mod:`._context` (what an attack sees of a call), :mod:`._driver` (the
+early-exit driver and the :class:`~._driver.Attack` interface), :mod:`._ops` (per-row norms and losses).
 """
 
 from ctrobust.engines.fast.apgd import APGD

@@ -34,17 +34,9 @@ from __future__ import annotations
 import torch
 
 from ctrobust.engines.fast import rng
-from ctrobust.engines.fast._common import (
-    Attack,
-    AttackContext,
-    RowState,
-    ce_loss,
-    clip_linf,
-    dlr_loss,
-    dlr_loss_targeted,
-    normalize,
-    project_ball,
-)
+from ctrobust.engines.fast._context import AttackContext
+from ctrobust.engines.fast._driver import Attack, RowState
+from ctrobust.engines.fast._ops import ce_loss, clip_linf, dlr_loss, dlr_loss_targeted, normalize, project_ball
 
 __all__ = ["APGD", "checkpoint_schedule"]
 
@@ -89,7 +81,7 @@ class APGD(Attack):
     Shapes: images ``(B, C, H, W)`` in [0, 1]; labels ``(B,)``.
 
     Example:
-        >>> from ctrobust.engines.fast._common import run_attack
+        >>> from ctrobust.engines.fast._driver import run_attack
         >>> res = run_attack(APGD(loss="ce"), ctx, rows, batch_size=128)   # ctx: AttackContext
         >>> res.broken.float().mean()
     """
@@ -119,7 +111,7 @@ class APGD(Attack):
 
         A row's phase ``p`` runs the attack whose phase range holds ``p``, with that attack's loss, random
         keys and targets, so a row runs exactly the trajectories it would run in ``attacks`` called one
-        after the other, and :func:`~ctrobust.engines.fast._common.run_attack` keeps the lowest successful
+        after the other, and :func:`~ctrobust.engines.fast._driver.run_attack` keeps the lowest successful
         phase, i.e. the first attack in order that breaks the row. What the chain adds: once no rows are
         pending, the padding of the last block runs *later attacks'* phases of rows still in an earlier
         attack (speculation across attacks), e.g. APGD-T targets while APGD-CE is still running.
@@ -145,6 +137,7 @@ class APGD(Attack):
             ch.segments.append((a, off))
             off += a.n_phases
         ch.n_phases = off
+        ch.n_segments = len(ch.segments)
         return ch
 
     def segment_of(self, phase: torch.Tensor) -> torch.Tensor:

@@ -26,13 +26,17 @@ from __future__ import annotations
 
 import time
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ctrobust.attacks import AttackSuite, get_attack, parse_suite
-from ctrobust.engines.base import AttackOutcome, is_oom, largest_fitting_batch, restoring_model_state
-from ctrobust.engines.fast._common import AttackContext, ModelCaller, invariant_grain, run_attack
+from ctrobust.engines.base import (AttackOutcome, PeakMemory, is_oom, largest_fitting_batch,
+                                   restoring_model_state)
+from ctrobust.engines.fast._caller import ModelCaller, invariant_grain
+from ctrobust.engines.fast._context import AttackContext
+from ctrobust.engines.fast._driver import run_attack
 from ctrobust.engines.fast.apgd import APGD
 from ctrobust.engines.fast.fab import FAB
 from ctrobust.engines.fast.square import Square
@@ -78,6 +82,37 @@ def _grain(model: torch.nn.Module, x: torch.Tensor, betas: torch.Tensor, block: 
     return _GRAIN_CACHE[key]
 
 
+@dataclass
+class _CallState:
+    """What one engine call builds up, row by row, while its attacks run (all arrays length N, on CPU)."""
+
+    x_cpu: torch.Tensor
+    clean_correct: np.ndarray
+    robust: np.ndarray
+    broken_by: np.ndarray
+    x_adv: torch.Tensor
+    stats: dict
+    warns: list
+
+    @classmethod
+    def empty(cls, x: torch.Tensor) -> "_CallState":
+        n = int(x.shape[0])
+        x_cpu = x.detach().to("cpu", torch.float32)
+        return cls(x_cpu, np.zeros(n, bool), np.zeros(n, bool), np.full(n, "", dtype=object), x_cpu.clone(),
+                   {"attacks": {}, "forward_calls": 0, "backward_calls": 0, "padded_rows": 0}, [])
+
+    def outcome(self, batch_size: int, row_fwd: np.ndarray | None = None, row_bwd: np.ndarray | None = None,
+                peak_mem_mb: float | None = None) -> AttackOutcome:
+        n = len(self.robust)
+        row_fwd = np.zeros(n, np.int64) if row_fwd is None else row_fwd
+        row_bwd = np.zeros(n, np.int64) if row_bwd is None else row_bwd
+        return AttackOutcome(self.clean_correct, self.robust, self.broken_by.astype(str), self.x_adv,
+                             forward_passes=int(row_fwd.sum()), backward_passes=int(row_bwd.sum()),
+                             batch_size=int(batch_size), warnings=list(dict.fromkeys(self.warns)),
+                             row_forward_passes=row_fwd, row_backward_passes=row_bwd, peak_mem_mb=peak_mem_mb,
+                             accounting="row")
+
+
 class FastEngine:
     """AutoAttack's attacks with early exit, beta-batching and per-example randomness.
 
@@ -98,10 +133,10 @@ class FastEngine:
             only randomized models can fail it.
         speculate: when no rows are pending, run later restarts/target classes of rows in flight in the
             padding of the last fixed-shape block (free compute; outcomes identical, see
-            :func:`~ctrobust.engines.fast._common.run_attack`).
+            :func:`~ctrobust.engines.fast._driver.run_attack`).
         probe_shapes: on CPU, with ``fixed_shape``, find once per model the smallest row count ``g`` at whose
             multiples the model computes every row bit for bit as in a full block
-            (:func:`~ctrobust.engines.fast._common.invariant_grain`), and pad short blocks only to a multiple
+            (:func:`~ctrobust.engines.fast._caller.invariant_grain`), and pad short blocks only to a multiple
             of ``g``: outcomes are unchanged and the tail of each attack costs a fraction of a block.
             (On accelerators every call stays a full block.)
         chain: with ``speculate``, run consecutive APGD attacks of the suite (APGD-CE then APGD-T, or
@@ -126,6 +161,8 @@ class FastEngine:
     #: outcomes are bitwise independent of batch size, chunking and beta-batching (per-row randomness,
     #: fixed-shape blocks)
     batch_invariant = True
+    #: attacks images in [0, 1] and checks every point against the threat ball
+    constraints = ("ball",)
 
     def __init__(self, *, block_size: int | None = None, fixed_shape: bool = True, verify: bool = True,
                  speculate: bool = True, chain: bool = True, probe_shapes: bool = True):
@@ -192,7 +229,7 @@ class FastEngine:
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps}")
         suite = parse_suite(suite)
-        if constraint != "ball":
+        if constraint not in self.constraints:
             raise ValueError(f"the fast engine attacks images in [0, 1] (constraint 'ball'), not {constraint!r}: "
                              "use the reference engine")
         device = torch.device(device)
@@ -213,16 +250,11 @@ class FastEngine:
             if bs < 1:
                 raise ValueError(f"batch_size must be positive, got {batch_size}")
 
-        warns: list[str] = []
-        x_cpu = x.detach().to("cpu", torch.float32)
-        clean_correct = np.zeros(n, bool)
-        robust = np.zeros(n, bool)
-        broken_by = np.full(n, "", dtype=object)
-        x_adv = x_cpu.clone()
-        stats = {"attacks": {}, "forward_calls": 0, "backward_calls": 0, "padded_rows": 0}
+        out = _CallState.empty(x)
+        warns, stats = out.warns, out.stats
         self.last_stats = stats
         if n == 0:
-            return AttackOutcome(clean_correct, robust, broken_by.astype(str), x_adv, 0, 0, bs, warns)
+            return out.outcome(bs)
 
         # model: eval mode, no parameter gradients, on the device (all restored afterwards)
         if model.training:
@@ -233,12 +265,12 @@ class FastEngine:
         caller = None
         # train flags, parameter gradients and beta are given back as they were: the per-row betas set
         # before every model call must not outlive the run
-        with restoring_model_state(model, requires_grad=True):
+        with restoring_model_state(model, requires_grad=True), PeakMemory(device) as peak:
             model.eval()
             for p in model.parameters():
                 p.requires_grad_(False)
             model.to(device)
-            xd = x_cpu.to(device)
+            xd = out.x_cpu.to(device)
             yd = torch.as_tensor(y).to(device=device, dtype=torch.int64)
             idd = torch.as_tensor(ids).to(device=device, dtype=torch.int64)
             bd = betas64.to(device)
@@ -252,8 +284,7 @@ class FastEngine:
                         grain = _grain(model, xd, bd, block)
                     caller = ModelCaller(model, bd, block=block, fixed_shape=self.fixed_shape, grain=grain)
                     ctx = AttackContext(caller, xd, yd, idd, bd, int(seed), threat_c, eps)
-                    self._run_all(ctx, suite, bs, x_cpu, clean_correct, robust, broken_by, x_adv,
-                                  stats, warns)
+                    self._run_all(ctx, suite, bs, out)
                     break
                 except RuntimeError as exc:  # back off on out-of-memory (timm validate.py style)
                     if auto and is_oom(exc) and bs > 1:
@@ -277,18 +308,16 @@ class FastEngine:
                          seconds=time.perf_counter() - t_start)
             for key, count in ctx.notes.items():
                 warns.append(f"{key}: {count}")
-        check_ball(x_cpu, x_adv, threat_c, eps)
-        return AttackOutcome(clean_correct, robust, broken_by.astype(str), x_adv, forward_passes=int(fwd),
-                             backward_passes=int(bwd), batch_size=int(bs), warnings=list(dict.fromkeys(warns)),
-                             row_forward_passes=row_fwd, row_backward_passes=row_bwd)
+        check_ball(out.x_cpu, out.x_adv, threat_c, eps)
+        return out.outcome(bs, row_fwd, row_bwd, peak.mb)
 
-    def _run_all(self, ctx: AttackContext, suite: AttackSuite, bs, x_cpu, clean_correct, robust, broken_by,
-                 x_adv, stats, warns) -> None:
-        """Clean check, then each attack on the rows still robust; fills the output arrays in place."""
+    def _run_all(self, ctx: AttackContext, suite: AttackSuite, bs, out: "_CallState") -> None:
+        """Clean check, then each attack on the rows still robust; fills ``out`` in place."""
         n = ctx.x.shape[0]
         attack_names = suite.attacks
-        x_adv.copy_(x_cpu)  # (a retry after out-of-memory starts from scratch)
-        stats["attacks"] = {}
+        out.x_adv.copy_(out.x_cpu)  # (a retry after out-of-memory starts from scratch)
+        out.stats["attacks"] = {}
+        robust, broken_by, warns = out.robust, out.broken_by, out.warns
         dev = ctx.x.device
         block = ctx.caller.block
         # clean check (its logits also give APGD-T/FAB-T their target classes)
@@ -297,7 +326,7 @@ class FastEngine:
         ctx.clean_logits = logits
         k = logits.shape[1]
         cc = (logits.argmax(1) == ctx.y).cpu().numpy()
-        clean_correct[:] = cc
+        out.clean_correct[:] = cc
         robust[:] = cc
         broken_by[:] = np.where(cc, "", "clean")
         if suite.needs_targets and suite.n_target_classes + 1 > k:
@@ -312,9 +341,9 @@ class FastEngine:
             if idx.size == 0:
                 break
             if len(group) == 1:
-                self._run_one(group[0], ctx, idx, bs, x_cpu, robust, broken_by, x_adv, stats, warns)
+                self._run_one(group[0], ctx, idx, bs, out)
             else:
-                self._run_chain(group, ctx, idx, bs, x_cpu, robust, broken_by, x_adv, stats, warns)
+                self._run_chain(group, ctx, idx, bs, out)
         # AutoAttack's check_square_sr, per beta: Square (gradient-free) breaking points that the
         # gradient-based attacks before it missed is a sign of gradient masking
         if any(not a.gradient for a in suite.specs) and any(a.gradient for a in suite.specs):
@@ -376,7 +405,7 @@ class FastEngine:
         return groups
 
     def _record(self, name: str, ctx: AttackContext, rows: torch.Tensor, hit: torch.Tensor, xa: torch.Tensor,
-                x_cpu, robust, broken_by, x_adv, warns) -> np.ndarray:
+                out: "_CallState") -> np.ndarray:
         """Verify and record the rows ``rows[hit]`` broken by attack ``name`` with points ``xa[hit]``.
 
         Returns:
@@ -387,7 +416,7 @@ class FastEngine:
             rows_hit = rows[hit]
             still = ctx.forward(xa[hit], rows_hit).argmax(1) != ctx.y[rows_hit]
             if not bool(still.all()):
-                warns.append(f"{name}: {int((~still).sum())} adversarial points were classified correctly "
+                out.warns.append(f"{name}: {int((~still).sum())} adversarial points were classified correctly "
                              "when re-evaluated (randomized model?): not counted")
                 failed = rows_hit[~still].cpu().numpy()
                 hit = hit.clone()
@@ -396,27 +425,25 @@ class FastEngine:
         rows_np = rows.cpu().numpy()[hit_np]
         pts = xa[hit].cpu()
         if rows_np.size:
-            check_ball(x_cpu[rows_np], pts, ctx.norm, ctx.eps)
-        robust[rows_np] = False
-        broken_by[rows_np] = name
-        x_adv[torch.as_tensor(rows_np, dtype=torch.long)] = pts
+            check_ball(out.x_cpu[rows_np], pts, ctx.norm, ctx.eps)
+        out.robust[rows_np] = False
+        out.broken_by[rows_np] = name
+        out.x_adv[torch.as_tensor(rows_np, dtype=torch.long)] = pts
         return failed
 
-    def _run_one(self, attack, ctx: AttackContext, idx: np.ndarray, bs, x_cpu, robust, broken_by, x_adv,
-                 stats, warns) -> None:
+    def _run_one(self, attack, ctx: AttackContext, idx: np.ndarray, bs, out: "_CallState") -> None:
         """Run one attack on the rows ``idx`` (still robust) and record it."""
         t0 = time.perf_counter()
         f0, b0 = ctx.caller.forward_rows, ctx.caller.backward_rows
         res = run_attack(attack, ctx, torch.as_tensor(idx, device=ctx.x.device), bs, speculate=self.speculate)
-        n_before = int(robust.sum())
-        self._record(attack.name, ctx, res.rows, res.broken, res.x_adv, x_cpu, robust, broken_by, x_adv, warns)
-        stats["attacks"][attack.name] = {"rows": int(idx.size), "broken": n_before - int(robust.sum()),
+        n_before = int(out.robust.sum())
+        self._record(attack.name, ctx, res.rows, res.broken, res.x_adv, out)
+        out.stats["attacks"][attack.name] = {"rows": int(idx.size), "broken": n_before - int(out.robust.sum()),
                                          "steps": res.steps, "forward_rows": ctx.caller.forward_rows - f0,
                                          "backward_rows": ctx.caller.backward_rows - b0,
                                          "seconds": time.perf_counter() - t0}
 
-    def _run_chain(self, group: list, ctx: AttackContext, idx: np.ndarray, bs, x_cpu, robust, broken_by, x_adv,
-                   stats, warns) -> None:
+    def _run_chain(self, group: list, ctx: AttackContext, idx: np.ndarray, bs, out: "_CallState") -> None:
         """Run consecutive APGD attacks as one chain, then record them attack by attack, in order.
 
         A point of attack ``j`` that fails verification (randomized models only) leaves its row robust,
@@ -424,6 +451,7 @@ class FastEngine:
         rows, attack by attack, as the sequential order would have.
         """
         dev = ctx.x.device
+        robust = out.robust
         chain = APGD.chain(group)
         t0 = time.perf_counter()
         f0, b0 = ctx.caller.forward_rows, ctx.caller.backward_rows
@@ -441,18 +469,17 @@ class FastEngine:
                      "seconds": seconds * share}
             valid = torch.as_tensor(~np.isin(idx, stale), device=dev)
             hit = res.broken & (seg == j) & valid
-            failed = self._record(att.name, ctx, res.rows, hit, res.x_adv, x_cpu, robust, broken_by, x_adv, warns)
+            failed = self._record(att.name, ctx, res.rows, hit, res.x_adv, out)
             redo = stale[robust[stale]] if stale.size else stale
             if redo.size:  # rows whose attack j the chain dropped: run it now
                 t1 = time.perf_counter()
                 f1, b1 = ctx.caller.forward_rows, ctx.caller.backward_rows
                 r2 = run_attack(att, ctx, torch.as_tensor(redo, device=dev), bs, speculate=self.speculate)
-                failed = np.concatenate([failed, self._record(att.name, ctx, r2.rows, r2.broken, r2.x_adv, x_cpu,
-                                                              robust, broken_by, x_adv, warns)])
+                failed = np.concatenate([failed, self._record(att.name, ctx, r2.rows, r2.broken, r2.x_adv, out)])
                 entry["steps"] += r2.steps
                 entry["forward_rows"] += ctx.caller.forward_rows - f1
                 entry["backward_rows"] += ctx.caller.backward_rows - b1
                 entry["seconds"] += time.perf_counter() - t1
             stale = np.union1d(stale, failed)
             entry["broken"] = entering - int(robust.sum())
-            stats["attacks"][att.name] = entry
+            out.stats["attacks"][att.name] = entry

@@ -43,7 +43,9 @@ import torch
 import torch.nn.functional as F
 
 from ctrobust.engines.fast import rng
-from ctrobust.engines.fast._common import Attack, AttackContext, RowState, lp_norm
+from ctrobust.engines.fast._context import AttackContext
+from ctrobust.engines.fast._driver import Attack, RowState
+from ctrobust.engines.fast._ops import lp_norm
 
 __all__ = ["FAB", "projection_linf", "projection_l2"]
 

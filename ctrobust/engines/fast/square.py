@@ -36,7 +36,9 @@ import numpy as np
 import torch
 
 from ctrobust.engines.fast import rng
-from ctrobust.engines.fast._common import Attack, AttackContext, RowState, lp_norm, margin, normalize
+from ctrobust.engines.fast._context import AttackContext
+from ctrobust.engines.fast._driver import Attack, RowState
+from ctrobust.engines.fast._ops import lp_norm, margin, normalize
 
 __all__ = ["Square", "p_selection", "eta_pattern"]
 
