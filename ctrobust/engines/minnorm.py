@@ -51,9 +51,6 @@ __all__ = ["MinNormResult", "fmn", "fab_min_norm", "fab_restart_keys", "min_norm
 #: ``forward(x (B, C, H, W) in [0, 1], rows int64 (B,)) -> logits (B, K)``
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-#: ``found_by`` is a fixed-width numpy string array wide enough for every value it can hold
-_FOUND_DTYPE = "<U5"
-
 
 @dataclass
 class MinNormResult:
@@ -64,7 +61,7 @@ class MinNormResult:
             where none was found (and for rows misclassified clean).
         distance: float32 ``(N,)``: ``||x_adv - x||`` in the attack's norm, [0, 1] pixel units; 0 for rows
             misclassified clean, ``inf`` where no adversarial point was found.
-        found_by: numpy str ``(N,)``: ``""`` none found, ``"clean"`` misclassified without attack, else
+        found_by: numpy ``(N,)`` of str (dtype object, as the engines' ``broken_by``): ``""`` none found, ``"clean"`` misclassified without attack, else
             the attack that found ``x_adv`` (``"fmn"``, ``"fab"``).
         forward_passes: int64 ``(N,)`` example-forwards spent on each row (one image through the model once
             = 1), on the device of ``x``.
@@ -127,7 +124,7 @@ def _empty_result(x: torch.Tensor) -> MinNormResult:
     zeros = torch.zeros(n, dtype=torch.int64, device=x.device)
     return MinNormResult(x.detach().to(torch.float32).clone(),
                          torch.full((n,), math.inf, dtype=torch.float32, device=x.device),
-                         np.full(n, "", dtype=_FOUND_DTYPE), zeros, zeros.clone())
+                         np.full(n, "", dtype=object), zeros, zeros.clone())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -181,10 +178,9 @@ def fmn(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, norm: str, steps:
     ``min(eps (1 - gamma), best)`` when adversarial, grow to ``eps (1 + gamma)`` when not but some
     adversarial point was found, else jump to ``||delta|| + |margin| / ||grad||_dual``, the linearized
     distance to the boundary, but to no less than ``eps (1 + gamma)``; never beyond the farthest point
-    of the box); take a gradient step of length
-    ``alpha`` along the L2-normalized gradient of ``max_{k != y} z_k - z_y``; project ``delta`` onto the
-    ``eps`` sphere (L2: rescale to norm ``eps``) or ball (Linf: clamp to ``[-eps, eps]``); clip
-    ``x + delta`` to [0, 1]. ``alpha`` and ``gamma`` are cosine-annealed from their initial to their final
+    of the box); take a gradient step of length ``alpha`` along the L2-normalized gradient of
+    ``max_{k != y} z_k - z_y``; project ``delta`` onto the ``eps`` sphere (L2: rescale to norm ``eps``)
+    or ball (Linf: clamp to ``[-eps, eps]``); clip ``x + delta`` to [0, 1]. ``alpha`` and ``gamma`` are cosine-annealed from their initial to their final
     values. Same algorithm as adversarial-library's ``fmn`` (no starting points), but for the
     ``(1 + gamma)`` floor on the jumps before the first adversarial point: without it a row that lands
     on the correct side of a (locally) linear boundary, or whose steps the box clip shortens, can stay
@@ -256,15 +252,15 @@ def fmn(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, norm: str, steps:
         # growth of eps (from the second step on). Without that floor two kinds of rows never become
         # adversarial, measured with adversarial-library's rule (20 of 32 digits at L2): a row that lands
         # on the correct side of a linear piece of the boundary (margin ~1e-7: eps = ||delta|| + ~0 again),
-        # and a row whose step points out of the box, where the [0, 1] clip keeps ||delta|| below eps and
-        # eps = ||delta|| + (a small linearized distance) then shrinks back every step.
+        # and a row whose step points out of the box, where the [0, 1] clip keeps ||delta|| below eps, so
+        # eps = ||delta|| + (a small linearized distance) falls back to the same value every step.
         grow = d_norm + to_boundary
         grow = torch.where(torch.isfinite(e), torch.maximum(grow, e * (1 + gamma)), grow)
         e = torch.where(is_adv, torch.minimum(e * (1 - gamma), best[act]),
                         torch.where(adv_found[act], e * (1 + gamma), grow))
         e = torch.minimum(e, worst[act])
         eps[act] = e
-        g_l2 = _dual_norm(g, "l2").clamp_min(1e-12).to(g.dtype)
+        g_l2 = _norm(g, "l2").clamp_min(1e-12).to(g.dtype)
         delta = (xi - x0) + alpha * g / _bview(g_l2, g)
         if p == "linf":
             delta = torch.maximum(torch.minimum(delta, _bview(e, delta)), -_bview(e, delta))
@@ -497,6 +493,8 @@ def min_norm(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, norm: str,
         raise ValueError(f"min_norm: params for attacks that do not run: {sorted(unused)}")
     if not attacks:
         raise ValueError("min_norm: no attacks to run")
+    if "keys" in params.get("fab", {}):
+        raise ValueError("min_norm: FAB's keys are built from seed, ids and betas; do not pass them in params")
     res = _empty_result(x)
     n, dev = x.shape[0], x.device
     x = x.detach()
