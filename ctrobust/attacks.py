@@ -29,21 +29,33 @@ from dataclasses import dataclass
 from ctrobust._registry import did_you_mean
 
 __all__ = ["AttackSpec", "AttackSuite", "ATTACKS", "SUITES", "get_attack", "list_attacks", "parse_suite",
-           "gradient_attacks", "attack_order", "split_list", "suite_attack_names"]
+           "gradient_attacks", "attack_order", "split_list", "suite_attack_names", "MIN_NORM", "MIN_NORM_ATTACKS",
+           "bounded_attacks"]
 
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack of AutoAttack.
+    """One attack: what it is, what it measures, how it is built and which parameters it reads.
 
     Attributes:
-        name: canonical name (``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``, ``apgd-dlr``, ``fab``).
+        name: canonical name (``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``, ``apgd-dlr``, ``fab``; the
+            minimum-norm ``fmn`` and ``fab-mn``).
         gradient: follows the input gradient (everything but Square); a point broken only by a gradient-free
             attack after the gradient attacks missed it is a gradient-masking warning sign.
         targeted: runs once per target class (``n_target_classes`` of the suite).
         rng_code: stable integer in every random draw's key; never renumber (it would change all draws).
         color: plot colour.
-        pyautoattack: pyautoattack's name for it (``attacks_to_run``).
+        pyautoattack: pyautoattack's name for it (``attacks_to_run``), or None (not part of AutoAttack).
+        kind: what a run of it produces per example: ``"bounded"`` (robust at eps or broken, with a point in
+            the ball) or ``"min-norm"`` (a distance: the smallest perturbation that breaks the example).
+        factory: ``"module:function"`` building the fast engine's implementation (imported on first use, so
+            this registry imports no engine): for bounded attacks ``function(spec, suite, n_target_classes)``
+            returns a per-row attack state machine; for minimum-norm attacks the function is the attack itself
+            (``ctrobust.engines.minnorm``).
+        params: the attack's own parameters with their defaults. Bounded attacks name the parameters of the
+            AutoAttack block they read (one block for all of them, as AutoAttack has: ``n_iter`` ...); a
+            minimum-norm attack carries its own (``steps``, ``restarts``), which enter a suite's key only
+            when it runs.
     """
 
     name: str
@@ -51,18 +63,53 @@ class AttackSpec:
     targeted: bool
     rng_code: int
     color: str
-    pyautoattack: str
+    pyautoattack: str | None
+    kind: str = "bounded"
+    factory: str = ""
+    params: tuple = ()
 
+    def load_factory(self):
+        """The factory function (``factory`` imported)."""
+        import importlib
+
+        module, _, func = self.factory.partition(":")
+        if not module or not func:
+            raise NotImplementedError(f"attack {self.name!r} has no implementation in ctrobust")
+        return getattr(importlib.import_module(module), func)
+
+    @property
+    def defaults(self) -> dict:
+        """A minimum-norm attack's parameters with their defaults (``{}`` for bounded attacks)."""
+        return dict(self.params) if self.kind == "min-norm" else {}
+
+
+_FAST = "ctrobust.engines.fast.engine:build_"
 
 #: every attack, in AutoAttack's run order for the standard version first.
 ATTACKS: dict[str, AttackSpec] = {a.name: a for a in (
-    AttackSpec("apgd-ce", gradient=True, targeted=False, rng_code=1, color="#4c72b0", pyautoattack="apgd-ce"),
-    AttackSpec("apgd-t", gradient=True, targeted=True, rng_code=2, color="#55a868", pyautoattack="apgd-t"),
-    AttackSpec("fab-t", gradient=True, targeted=True, rng_code=3, color="#c44e52", pyautoattack="fab-t"),
-    AttackSpec("square", gradient=False, targeted=False, rng_code=4, color="#8172b2", pyautoattack="square"),
-    AttackSpec("apgd-dlr", gradient=True, targeted=False, rng_code=5, color="#ccb974", pyautoattack="apgd-dlr"),
-    AttackSpec("fab", gradient=True, targeted=False, rng_code=6, color="#64b5cd", pyautoattack="fab"),
+    AttackSpec("apgd-ce", gradient=True, targeted=False, rng_code=1, color="#4c72b0", pyautoattack="apgd-ce",
+               factory=_FAST + "apgd", params=("n_iter", "n_restarts", "eot_iter", "rho")),
+    AttackSpec("apgd-t", gradient=True, targeted=True, rng_code=2, color="#55a868", pyautoattack="apgd-t",
+               factory=_FAST + "apgd", params=("n_iter", "n_target_classes", "eot_iter", "rho")),
+    AttackSpec("fab-t", gradient=True, targeted=True, rng_code=3, color="#c44e52", pyautoattack="fab-t",
+               factory=_FAST + "fab", params=("n_iter", "n_target_classes")),
+    AttackSpec("square", gradient=False, targeted=False, rng_code=4, color="#8172b2", pyautoattack="square",
+               factory=_FAST + "square", params=("n_queries", "p_init")),
+    AttackSpec("apgd-dlr", gradient=True, targeted=False, rng_code=5, color="#ccb974", pyautoattack="apgd-dlr",
+               factory=_FAST + "apgd", params=("n_iter", "n_restarts", "eot_iter", "rho")),
+    AttackSpec("fab", gradient=True, targeted=False, rng_code=6, color="#64b5cd", pyautoattack="fab",
+               factory=_FAST + "fab", params=("n_iter", "n_restarts")),
+    # minimum-norm attacks (Pintor et al. 2021; Croce & Hein 2020, FAB run to minimise the norm)
+    AttackSpec("fmn", gradient=True, targeted=False, rng_code=7, color="#937860", pyautoattack=None,
+               kind="min-norm", factory="ctrobust.engines.minnorm:fmn", params=(("steps", 100),)),
+    AttackSpec("fab-mn", gradient=True, targeted=False, rng_code=8, color="#da8bc3", pyautoattack=None,
+               kind="min-norm", factory="ctrobust.engines.minnorm:fab_min_norm",
+               params=(("steps", 100), ("restarts", 1))),
 )}
+
+#: the name of the suite of minimum-norm attacks (FMN and FAB, the smallest verified distance per point).
+MIN_NORM = "min-norm"
+MIN_NORM_ATTACKS = ("fmn", "fab-mn")
 
 
 def list_attacks() -> list[str]:
@@ -80,8 +127,13 @@ def get_attack(name: str) -> AttackSpec:
 
 
 def gradient_attacks() -> tuple[str, ...]:
-    """Names of the attacks that follow the gradient."""
-    return tuple(a.name for a in ATTACKS.values() if a.gradient)
+    """Names of the bounded attacks that follow the gradient."""
+    return tuple(a.name for a in ATTACKS.values() if a.gradient and a.kind == "bounded")
+
+
+def bounded_attacks() -> tuple[str, ...]:
+    """Names of the attacks that decide robust-or-broken at eps (AutoAttack's)."""
+    return tuple(a.name for a in ATTACKS.values() if a.kind == "bounded")
 
 
 def attack_order(names) -> list[str]:
@@ -119,41 +171,104 @@ class AttackSuite:
     eot_iter: int = 1
     rho: float = 0.75
     p_init: float = 0.8
+    min_norm: tuple = ()
 
     def __post_init__(self):
         names = tuple(get_attack(a).name for a in self.attacks)
-        if not names:
+        if any(ATTACKS[n].kind != "bounded" for n in names):
+            raise ValueError("minimum-norm attacks go in min_norm, not attacks")
+        mn = tuple(self._min_norm_entry(m) for m in self.min_norm)
+        if not names and not mn:
             raise ValueError("an attack suite needs at least one attack")
-        if len(set(names)) != len(names):
-            raise ValueError(f"attack listed twice: {', '.join(names)}")
+        if len(set(names)) != len(names) or len({m[0] for m in mn}) != len(mn):
+            raise ValueError(f"attack listed twice: {', '.join(names + tuple(m[0] for m in mn))}")
         object.__setattr__(self, "attacks", names)
+        object.__setattr__(self, "min_norm", mn)
         for f in ("n_iter", "n_restarts", "n_target_classes", "n_queries", "eot_iter"):
             v = getattr(self, f)
             if int(v) != v or v < 1:
                 raise ValueError(f"attack suite {f} must be a positive integer, got {v!r}")
             object.__setattr__(self, f, int(v))
 
+    @staticmethod
+    def _min_norm_entry(m) -> tuple:
+        """``"fmn"`` or ``("fmn", {"steps": 50})`` -> ``("fmn", (("steps", 50),))`` with every parameter."""
+        name, given = (m, {}) if isinstance(m, str) else (m[0], dict(m[1]))
+        spec = get_attack(name)
+        if spec.kind != "min-norm":
+            raise ValueError(f"{spec.name!r} is not a minimum-norm attack")
+        unknown = set(given) - set(spec.defaults)
+        if unknown:
+            raise ValueError(f"{spec.name} has no parameter {sorted(unknown)[0]!r} "
+                             f"(it takes {', '.join(spec.defaults)})")
+        values = {**spec.defaults, **given}
+        for k, v in values.items():
+            if int(v) != v or v < 1:
+                raise ValueError(f"{spec.name} {k} must be a positive integer, got {v!r}")
+        return spec.name, tuple((k, int(values[k])) for k in spec.defaults)
+
     @property
-    def label(self) -> str:
-        """The config string that names this suite: the suite name, or the comma list of a custom one."""
+    def bounded_label(self) -> str:
+        """The label of the bounded attacks alone ("" when there are none)."""
+        if not self.attacks:
+            return ""
         return ",".join(self.attacks) if self.name == "custom" else self.name
 
     @property
+    def label(self) -> str:
+        """The config string that names this suite: the suite name, or the comma list of a custom one, then
+        ``min-norm`` (or the minimum-norm attacks' names) when minimum-norm attacks run."""
+        parts = [self.bounded_label] if self.attacks else []
+        if self.min_norm:
+            names = tuple(m[0] for m in self.min_norm)
+            parts.append(MIN_NORM if names == MIN_NORM_ATTACKS else ",".join(names))
+        return ",".join(parts)
+
+    @property
     def specs(self) -> tuple[AttackSpec, ...]:
+        """The bounded attacks' specs, in run order."""
         return tuple(ATTACKS[a] for a in self.attacks)
+
+    @property
+    def min_norm_specs(self) -> tuple[AttackSpec, ...]:
+        return tuple(ATTACKS[m[0]] for m in self.min_norm)
+
+    def min_norm_params(self, name: str) -> dict:
+        """The parameters a minimum-norm attack of this suite runs with."""
+        return dict(dict(self.min_norm)[name])
 
     @property
     def needs_targets(self) -> bool:
         return any(s.targeted for s in self.specs)
 
+    def with_min_norm_steps(self, steps) -> "AttackSuite":
+        """The same suite with its minimum-norm attacks at ``steps`` steps: an int for all of them, or a mapping
+        ``{attack: steps}`` (None: unchanged; an attack the suite does not run is an error)."""
+        if steps is None or not self.min_norm:
+            return self
+        per = dict(steps) if isinstance(steps, dict) else {n: steps for n, _ in self.min_norm}
+        unknown = set(per) - {n for n, _ in self.min_norm}
+        if unknown:
+            raise ValueError(f"steps for {sorted(unknown)[0]!r}, which this suite does not run "
+                             f"({', '.join(n for n, _ in self.min_norm)})")
+        return dataclasses.replace(self, min_norm=tuple((n, {**dict(p), "steps": per.get(n, dict(p)["steps"])})
+                                                        for n, p in self.min_norm))
+
     def params(self) -> dict:
         """Everything that determines the suite's results (hashed into experiment and unit keys).
 
-        The name is left out: a custom list equal to a named suite is the same experiment.
+        The AutoAttack attacks share one parameter block (``n_iter`` ... ``p_init``, one value for all, as in
+        AutoAttack), which enters when any of them runs; a minimum-norm attack's own parameters enter under
+        ``min_norm`` only when it runs, so adding an attack to the registry leaves every existing key as it
+        is. The name is left out: a custom list equal to a named suite is the same experiment.
         """
-        d = dataclasses.asdict(self)
-        del d["name"]
-        d["attacks"] = list(self.attacks)
+        d = {}
+        if self.attacks:
+            d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                 if f.name not in ("name", "min_norm")}
+            d["attacks"] = list(self.attacks)
+        if self.min_norm:
+            d["min_norm"] = {n: dict(p) for n, p in self.min_norm}
         return d
 
 
@@ -162,6 +277,8 @@ SUITES: dict[str, AttackSuite] = {
     "standard": AttackSuite("standard", ("apgd-ce", "apgd-t", "fab-t", "square")),
     # AutoAttack's version for randomized defenses: APGD-CE and APGD-DLR, gradients averaged over 20 draws
     "rand": AttackSuite("rand", ("apgd-ce", "apgd-dlr"), eot_iter=20),
+    # FMN and FAB (minimum-norm) on every point: its minimal perturbation, robust accuracy at every eps
+    MIN_NORM: AttackSuite(MIN_NORM, (), min_norm=MIN_NORM_ATTACKS),
 }
 
 
@@ -178,39 +295,57 @@ def parse_suite(spec) -> AttackSuite:
     """Parse an attack option into a suite.
 
     Args:
-        spec: an :class:`AttackSuite`, a suite name (``standard``, ``rand``), or attack names as a comma /
-            space separated string or a list (``"apgd-ce,square"``); a custom list runs with the standard
-            suite's parameters.
+        spec: an :class:`AttackSuite`, a suite name (``standard``, ``rand``, ``min-norm``), or attack names as a
+            comma / space separated string or a list (``"apgd-ce,square"``); a custom list runs with the standard
+            suite's parameters. The minimum-norm part (``min-norm``, or ``fmn`` / ``fab-mn``) may follow a
+            bounded suite or list: ``"standard,min-norm"`` runs AutoAttack at eps *and* finds every point's
+            minimal perturbation.
 
     Raises:
-        ValueError: unknown attack (``UnknownNameError`` with a suggestion), a suite mixed with attacks,
-            an attack listed twice, or nothing given.
+        ValueError: unknown attack (``UnknownNameError`` with a suggestion), two bounded suites or a suite mixed
+            with bounded attacks, an attack listed twice, or nothing given.
     """
     if isinstance(spec, AttackSuite):
         return spec
     names = [t.lower() for t in split_list(spec)]
     if not names:
-        raise ValueError("no attacks given: use standard, rand, or e.g. apgd-ce,square")
-    if len(names) == 1 and names[0] in SUITES:
-        return SUITES[names[0]]
-    if any(n in SUITES for n in names):
-        raise ValueError(f"suite {next(n for n in names if n in SUITES)!r} cannot be combined with other attacks")
+        raise ValueError("no attacks given: use standard, rand, min-norm, or e.g. apgd-ce,square")
+    mn: list[str] = []
+    bounded: list[str] = []
     for n in names:
-        get_attack(n)  # did-you-mean for unknown names
-    if len(set(names)) != len(names):
+        if n == MIN_NORM:
+            mn += list(MIN_NORM_ATTACKS)
+        elif n in SUITES:
+            bounded.append(n)
+        elif get_attack(n).kind == "min-norm":  # did-you-mean for unknown names
+            mn.append(n)
+        else:
+            bounded.append(n)
+    if len(set(mn)) != len(mn) or len(set(bounded)) != len(bounded):
         raise ValueError(f"attack listed twice: {', '.join(names)}")
-    suite = dataclasses.replace(SUITES["standard"], name="custom", attacks=tuple(names))
+    if not bounded:
+        return dataclasses.replace(SUITES["standard"], name=MIN_NORM, attacks=(), min_norm=tuple(mn))
+    if len(bounded) == 1 and bounded[0] in SUITES:
+        return dataclasses.replace(SUITES[bounded[0]], min_norm=tuple(mn))
+    if any(n in SUITES for n in bounded):
+        raise ValueError(f"suite {next(n for n in bounded if n in SUITES)!r} cannot be combined with other "
+                         "bounded attacks")
+    suite = dataclasses.replace(SUITES["standard"], name="custom", attacks=tuple(bounded))
     # a list that spells out a named suite is that suite
-    return next((s for s in SUITES.values() if s.params() == suite.params()), suite)
+    named = next((s for s in SUITES.values() if s.attacks and s.params() == suite.params()), suite)
+    return dataclasses.replace(named, min_norm=tuple(mn))
 
 
 def suite_attack_names(label) -> list[str]:
-    """The attack names an attack option names, without validating them: a suite's attacks, else the list.
+    """The bounded attack names an attack option names, without validating them: a suite's attacks, else the
+    list (minimum-norm names left out).
 
     For reading what an older or foreign run dir wrote (a name this install does not know stays as written);
     options of a new run go through :func:`parse_suite`.
     """
     names = [t.lower() for t in split_list(label)]
+    mn = set(MIN_NORM_ATTACKS) | {MIN_NORM}
+    names = [n for n in names if n not in mn]
     if len(names) == 1 and names[0] in SUITES:
         return list(SUITES[names[0]].attacks)
     return names

@@ -22,6 +22,7 @@ import yaml
 from ctrobust import attacks as _attacks
 from ctrobust import executors as _executors
 from ctrobust._registry import UnknownNameError, did_you_mean
+from ctrobust.curves import parse_curve_eps
 from ctrobust.data import parse_dataset, parse_source, parse_subset
 from ctrobust.engines import get_engine_spec, list_engines
 from ctrobust.protocols import get_protocol, reference_batch_size
@@ -278,7 +279,17 @@ class SweepConfig:
     attacks: str = option("standard", group=EXPERIMENT, determining=True, study=True, nargs="+",
                           study_help="shrink the attacks (default: standard AutoAttack)", help=(
                               "standard | rand (APGD-CE + APGD-DLR, EOT 20) | a list such as "
-                              "apgd-ce,apgd-t,fab-t,square [standard]"))
+                              "apgd-ce,apgd-t,fab-t,square | min-norm (FMN + FAB: every point's minimal "
+                              "perturbation, robust accuracy at every eps) | both: standard,min-norm [standard]"))
+    min_norm_steps: Any = option(None, group=EXPERIMENT, help=(
+        "steps of the minimum-norm attacks of --attacks min-norm: N for all, or per attack, e.g. fmn=20,fab-mn=5 "
+        "[100 each]; part of the attack suite, so of the key"))
+    curve_eps: Any = option(None, nargs="+", help=(
+        "eps grid of curves.csv for a min-norm run: start:stop:step or a list, e.g. 0:16/255:1/255 "
+        "[0:16/255:1/255 for Linf, 0:1.5:0.1 for L2]; read from the stored distances, never recomputed"))
+    save_adv: bool = option(False, action="store_true", help=(
+        "also write each unit's minimum-norm points (units/<key>.adv.npz, float32) so anyone can check a "
+        "distance [off]"))
     engine: str | None = option(None, group=EXPERIMENT, determining=True, study=True,
                                 study_help="engine of the valid-protocol cells [fast]", help=(
                                     "fast (ctrobust's early-exit, beta-batched AutoAttack) | reference "
@@ -504,8 +515,51 @@ def _check_attacks(c: SweepConfig, canon: dict) -> dict:
         raise ConfigError(f"bad chunk size {c.chunk_size!r}") from None
     if chunk <= 0:
         raise ConfigError("chunk size must be positive")
+    steps = _parse_min_norm_steps(c.min_norm_steps)
+    try:
+        suite = suite.with_min_norm_steps(steps)
+    except ValueError as exc:
+        raise ConfigError(f"--min-norm-steps: {exc}") from None
+    if isinstance(steps, dict):  # canonical text, as it is written to config.yaml
+        steps = ",".join(f"{k}={v}" for k, v in sorted(steps.items()))
+    if suite.min_norm:
+        if proto.name != "valid":
+            raise ConfigError("minimum-norm attacks measure distances in pixel space: drop min-norm from --attacks "
+                              "or use --protocol valid")
+        if "min-norm" not in get_engine_spec(engine).measures:
+            raise ConfigError(f"the {engine} engine runs no minimum-norm attack: use --engine fast for "
+                              "--attacks ...,min-norm")
+    try:
+        curve_eps = None if c.curve_eps is None else parse_curve_eps(c.curve_eps, canon["threat"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return {"attacks": suite.label, "suite": suite, "engine": engine, "batch_size": batch_size,
-            "chunk_size": chunk}
+            "chunk_size": chunk, "min_norm_steps": steps, "curve_eps": curve_eps}
+
+
+def _parse_min_norm_steps(spec):
+    """``--min-norm-steps``: ``N`` (every minimum-norm attack) or ``fmn=N,fab-mn=M`` -> int, dict or None."""
+    if spec is None:
+        return None
+    toks = _attacks.split_list(spec) if not isinstance(spec, int) else [str(spec)]
+    bad = ConfigError(f"bad --min-norm-steps {spec!r}: give a positive integer, or per attack e.g. fmn=10,fab-mn=2")
+    try:
+        if len(toks) == 1 and "=" not in toks[0]:
+            value = int(toks[0])
+            if value <= 0:
+                raise bad
+            return value
+        out = {}
+        for t in toks:
+            name, _, v = t.partition("=")
+            out[_attacks.get_attack(name).name] = int(v)
+            if out[_attacks.get_attack(name).name] <= 0:
+                raise bad
+        return out
+    except (ValueError, UnknownNameError) as exc:
+        if isinstance(exc, UnknownNameError):
+            raise ConfigError(f"--min-norm-steps: {exc}") from None
+        raise bad from None
 
 
 def _check_execution(c: SweepConfig, canon: dict) -> dict:

@@ -15,18 +15,39 @@ Threat model: ``protocol`` and ``threat_note`` (empty for the stated threat mode
 protocol says its points are not in the stated eps-ball), ``pixel_linf_max`` (largest max |x_adv - x| in
 [0, 1] pixel units) and ``in_ball_frac`` (fraction of rows whose point lies in the stated ball).
 
+Distances (a run with minimum-norm attacks): ``median_min_norm`` with its 95 % interval ``median_min_norm_lo``
+/ ``median_min_norm_hi`` (percentile bootstrap over examples; ``inf`` when more than half the points were never
+broken), and ``curves.csv``: one row per (beta, seed, eps) with ``beta, seed, threat, eps, n, robust_acc,
+robust_lo, robust_hi`` (fractions, Wilson intervals) on the ``curve_eps`` grid, robust-at-eps by
+:func:`ctrobust.curves.robust_at`.
+
 Arithmetic: ``precision`` (float32; on CUDA whether TF32 was allowed for convolutions and matmuls) and
 ``peak_mem_mb`` (the accelerator's peak memory during the engine calls; empty on the CPU).
 """
 
 from __future__ import annotations
 
+import zlib
+
+import numpy as np
+
+from ctrobust.curves import default_curve_eps, has_distances, robust_at
 from ctrobust.data import TIMING_NOTE
 from ctrobust.protocols import get_protocol
-from ctrobust.stats import wilson_interval
+from ctrobust.stats import median_interval, wilson_interval
 from ctrobust.store import RunDir, merge_units
 
-__all__ = ["result_rows", "write_results"]
+__all__ = ["result_rows", "curve_rows", "write_results", "CURVE_FIELDS", "MEDIAN_BOOT"]
+
+#: the columns of ``curves.csv`` (a contract).
+CURVE_FIELDS = ("beta", "seed", "threat", "eps", "n", "robust_acc", "robust_lo", "robust_hi")
+#: bootstrap replicates of the median minimal perturbation's interval.
+MEDIAN_BOOT = 1000
+
+
+def _boot_seed(seed: int, beta: float) -> int:
+    """A fixed bootstrap seed per (seed, beta): the interval does not change when other rows are added."""
+    return zlib.crc32(f"{int(seed)}|{float(beta):.6f}".encode())
 
 
 def result_rows(run: RunDir, outcomes: dict, metas: list[dict], coverage) -> list[dict]:
@@ -56,7 +77,8 @@ def result_rows(run: RunDir, outcomes: dict, metas: list[dict], coverage) -> lis
                    "beta": beta, "coeff": cfg.coeff, "seed": seed, "n": n,
                    "clean_acc": k_clean / n, "clean_lo": clo, "clean_hi": chi,
                    "robust_acc": k_rob / n, "robust_lo": rlo, "robust_hi": rhi}
-            for a in cfg.suite.attacks:
+            # the attacks that decide robust-at-eps: the bounded ones, else the minimum-norm ones
+            for a in cfg.suite.attacks or tuple(sp.name for sp in cfg.suite.min_norm_specs):
                 row[f"broken_{a}"] = int((outcomes["broken_by"][m] == a).sum())
             row["grad_zero_frac"] = float(outcomes["grad_zero"][m].mean())
             row["grad_nonfinite_frac"] = float(outcomes["grad_nonfinite"][m].mean())
@@ -84,12 +106,48 @@ def result_rows(run: RunDir, outcomes: dict, metas: list[dict], coverage) -> lis
             row["precision"] = ";".join(sorted({u.get("precision", "fp32") for u in um}))
             row["call_seconds"] = round(sum(u.get("call_seconds", u["seconds"]) for u in um), 3)
             row["call_betas"] = max(int(u.get("call_betas", 1)) for u in um)
+            if cfg.suite.min_norm:
+                d = np.asarray(outcomes["min_norm"][m], dtype=np.float64)
+                mi = median_interval(d[~np.isnan(d)], n_boot=MEDIAN_BOOT, seed=_boot_seed(seed, beta))
+                row["median_min_norm"], row["median_min_norm_lo"], row["median_min_norm_hi"] = \
+                    float(mi.median), float(mi.lo), float(mi.hi)
             row["data"] = cfg.data
             warns = {w for u in um for w in u.get("warnings", [])}
             if cfg.data == "timing":  # repeated images: the accuracies measure nothing
                 warns.add(TIMING_NOTE)
             row["warnings"] = sorted(warns)
             rows.append(row)
+    return rows
+
+
+def curve_rows(outcomes: dict, threat: str, eps_grid=None) -> list[dict]:
+    """The robustness curves of a run with distances: one row per (beta, seed, eps) (:data:`CURVE_FIELDS`).
+
+    Args:
+        outcomes: merged per-example outcomes with ``min_norm``.
+        threat: ``Linf`` or ``L2`` (the norm of the distances; a column).
+        eps_grid: the eps values (``[0, 1]`` pixel units); None: :func:`ctrobust.curves.default_curve_eps`.
+
+    Returns:
+        Rows ordered by seed, beta (descending), eps; ``[]`` when the outcomes hold no distances.
+    """
+    if not has_distances(outcomes):
+        return []
+    grid = default_curve_eps(threat) if eps_grid is None else list(eps_grid)
+    rows = []
+    for seed in np.unique(outcomes["seed"]):
+        for beta in sorted(np.unique(outcomes["beta"]).tolist(), reverse=True):
+            m = (outcomes["seed"] == seed) & (outcomes["beta"] == beta)
+            d = np.asarray(outcomes["min_norm"][m], dtype=np.float64)
+            d = d[~np.isnan(d)]
+            n = int(d.size)
+            if n == 0:
+                continue
+            for eps in grid:
+                k = int(robust_at(d, eps).sum())
+                lo, hi = wilson_interval(k, n)
+                rows.append({"beta": float(beta), "seed": int(seed), "threat": threat, "eps": float(eps), "n": n,
+                             "robust_acc": k / n, "robust_lo": lo, "robust_hi": hi})
     return rows
 
 
@@ -103,4 +161,7 @@ def write_results(run: RunDir, coverage) -> list[dict]:
     run.write_outcomes(outcomes)
     rows = result_rows(run, outcomes, metas, coverage)
     run.write_results(rows, {"experiment": run.experiment, "key": run.key, "coverage": coverage.as_record()})
+    curves = curve_rows(outcomes, run.cfg.threat, run.cfg.curve_eps)
+    if curves:
+        run.write_curves(curves, CURVE_FIELDS)
     return rows

@@ -225,6 +225,31 @@ def _pixel_perturbation(x: torch.Tensor, x_adv: torch.Tensor, threat: str, eps: 
     return linf.numpy().astype(np.float32), inside.numpy().astype(bool)
 
 
+def _check_min_norm(prep: Prepared, x: torch.Tensor, y: torch.Tensor, x_mn: torch.Tensor, dist: np.ndarray,
+                    beta: float) -> None:
+    """Every distance stored is of a verified point: its norm recomputed and inside [0, 1]
+    (:func:`ctrobust.threat.check_distances`), and misclassified by the model at ``beta`` (one forward).
+
+    Raises:
+        DistanceCheckError: the unit is not written (the work item fails and is retried).
+    """
+    from ctrobust.ct import set_beta
+    from ctrobust.threat import DistanceCheckError, check_distances
+
+    check_distances(x, x_mn, dist, prep.cfg.threat)
+    sel = np.flatnonzero(np.isfinite(dist) & (dist > 0))
+    if sel.size == 0:
+        return
+    set_beta(prep.ct_model, float(beta))
+    with torch.no_grad():
+        pred = torch.cat([prep.ct_model(x_mn[sel[i:i + 256]].to(prep.device)).argmax(1).cpu()
+                          for i in range(0, sel.size, 256)])
+    still = (pred == y[torch.as_tensor(sel)]).numpy()
+    if still.any():
+        raise DistanceCheckError(f"beta={beta:g}: the minimum-norm points of rows {sel[still][:5].tolist()} are "
+                                 "classified correctly: their distances are not stored")
+
+
 def _per_beta_costs(out, n: int, n_betas: int, secs: float) -> list[dict]:
     """Measured passes of each beta's rows, and the call's seconds shared out in proportion to them."""
     if out.accounting == "call":  # the call's totals: one beta per call, or an even split
@@ -288,6 +313,15 @@ def run_units(prep: Prepared, units: list[Unit], *, on_done=None, bar=None) -> i
                           "grad_nonfinite": np.asarray(gh["grad_nonfinite"], bool),
                           "transfer_broken": np.asarray(tr, bool)}
                 arrays["pixel_linf"], arrays["in_ball"] = _pixel_perturbation(x, xa, cfg.threat, cfg.eps)
+                adv_arrays = None
+                if out.min_norm is not None:
+                    dist, x_mn = out.min_norm[sl], out.x_min_norm[sl]
+                    _check_min_norm(prep, x, y, x_mn, dist, beta)
+                    arrays["min_norm"] = dist.astype(np.float32)
+                    arrays["min_norm_by"] = np.asarray(out.min_norm_by[sl]).astype(str)
+                    if cfg.save_adv:
+                        adv_arrays = {"id": arrays["id"], "x_adv": x_mn.numpy().astype(np.float32),
+                                      "min_norm": arrays["min_norm"]}
                 if beta == 1.0:
                     arrays["x_adv"] = xa.numpy().astype(np.float32)
                 meta = {"beta": float(beta), "seed": int(seed), "chunk": int(chunk), "n": int(n),
@@ -296,6 +330,8 @@ def run_units(prep: Prepared, units: list[Unit], *, on_done=None, bar=None) -> i
                         "engine": engine.name, "warnings": list(out.warnings)}
                 key = run.unit_key(beta, seed, ev.ids[pos].numpy())
                 if not run.has_unit(key):
+                    if adv_arrays is not None:  # before the unit: a finished unit always has its points
+                        run.write_adv(key, adv_arrays)
                     run.write_unit(key, arrays, meta)
                     n_run += 1
                     if bar is not None:

@@ -7,8 +7,10 @@ The store owns the whole layout of a run dir; no other module opens its files by
     units/<key>.npz          one finished work unit (beta, seed, example chunk): per-example arrays + meta
     units/<item>.lock        a work item's claim (exclusive ``flock``; released by the kernel on death)
     units/<item>.failed      a work item's failed attempts (:class:`Failure`)
+    units/<key>.adv.npz      a unit's minimum-norm points (``--save-adv``)
     outcomes.npz             all units merged: one row per (example, beta, seed)
     results.csv/.json        one row per (beta, seed) (rows built by :mod:`ctrobust.results`)
+    curves.csv               robustness curves of a run with distances: one row per (beta, seed, eps)
     figures/                 plots regenerated from the stored results
 
 :func:`read_status` reads all of it into a typed :class:`RunStatus` (done / running / pending / failed).
@@ -50,7 +52,10 @@ __all__ = ["RunMismatchError", "RunDir", "PlanEntry", "Failure", "RunStatus", "p
            "RunReader", "RunConfig", "load_sweep_config", "diff_settings"]
 
 OUTCOME_FIELDS = ("id", "label", "beta", "seed", "clean_correct", "robust", "broken_by", "grad_zero",
-                  "grad_nonfinite", "transfer_broken", "pixel_linf", "in_ball")
+                  "grad_nonfinite", "transfer_broken", "pixel_linf", "in_ball", "min_norm", "min_norm_by")
+
+#: what a unit without a measurement holds in its column (minimum-norm distances not measured: NaN)
+_MISSING = {"min_norm": (np.float32, np.nan), "min_norm_by": ("<U1", "")}
 
 class RunMismatchError(ConfigError):
     """The run dir was created with different settings (bad input: exit code 2, run dir untouched)."""
@@ -249,6 +254,8 @@ class RunReader:
         key = self.experiment_key() if experiment_key is None else experiment_key
         units = []
         for p in sorted(self.units_dir.glob("*.npz")):
+            if p.name.endswith(".adv.npz"):  # a unit's saved points, not a unit
+                continue
             got = _read_npz(p)
             if got is None or (key is not None and got[1].get("experiment") != key):
                 continue
@@ -262,6 +269,19 @@ class RunReader:
             with np.load(p, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
         return merge_units(self.read_units())[0]
+
+    def curves(self) -> list[dict]:
+        """Rows of ``curves.csv`` (one per (beta, seed, eps); ``[]`` for a run without distances)."""
+        p = self.path / "curves.csv"
+        if not p.exists():
+            return []
+        with p.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        for r in rows:
+            for k in ("beta", "eps", "robust_acc", "robust_lo", "robust_hi"):
+                r[k] = float(r[k])
+            r["seed"], r["n"] = int(r["seed"]), int(r["n"])
+        return rows
 
     def results(self) -> list[dict]:
         """Rows of ``results.json`` (one per (beta, seed))."""
@@ -391,6 +411,13 @@ class RunDir(RunReader):
         payload["meta"] = np.array(json.dumps({**meta, "key": key, "experiment": self.key}))
         atomic_write_bytes(self.unit_path(key), _npz_bytes(payload))
 
+    def adv_path(self, key: str) -> Path:
+        return self.units_dir / f"{key}.adv.npz"
+
+    def write_adv(self, key: str, arrays: dict) -> None:
+        """``units/<key>.adv.npz``: a unit's minimum-norm points (``--save-adv``), so anyone can check a distance."""
+        atomic_write_bytes(self.adv_path(key), _npz_bytes(arrays))
+
     def read_unit(self, key: str):
         """Return ``(arrays, meta)`` of a finished unit, or None if absent or not this experiment's."""
         got = _read_npz(self.unit_path(key))
@@ -429,14 +456,22 @@ class RunDir(RunReader):
     def write_results(self, rows: list[dict], doc: dict) -> None:
         """``results.json`` (``doc`` plus the rows) and ``results.csv`` (one line per row; floats as %.6g)."""
         atomic_write_text(self.path / "results.json", json.dumps({**doc, "rows": rows}, indent=1, default=float))
-        buf = io.StringIO()
-        if rows:
-            fields = [k for k in rows[0] if k != "warnings"]
-            w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-        atomic_write_text(self.path / "results.csv", buf.getvalue())
+        atomic_write_text(self.path / "results.csv",
+                          _csv_text(rows, [k for k in rows[0] if k != "warnings"]) if rows else "")
+
+    def write_curves(self, rows: list[dict], fields) -> None:
+        """``curves.csv``: the robustness curves, one row per (beta, seed, eps)."""
+        atomic_write_text(self.path / "curves.csv", _csv_text(rows, fields))
+
+
+def _csv_text(rows: list[dict], fields) -> str:
+    """CSV of ``rows`` with the columns ``fields`` (floats as %.6g)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
 
 
 def _read_npz(p: Path):
@@ -640,9 +675,12 @@ def merge_units(units) -> tuple[dict, list[dict]]:
                 cols[k].append(np.full(n, float(meta["beta"])))
             elif k == "seed":
                 cols[k].append(np.full(n, int(meta["seed"]), dtype=np.int64))
+            elif k not in arrays and k in _MISSING:
+                cols[k].append(np.full(n, _MISSING[k][1], dtype=_MISSING[k][0]))
             else:
                 cols[k].append(arrays[k])
     out = {k: np.concatenate(v) for k, v in cols.items()}
     out["broken_by"] = out["broken_by"].astype(str)
+    out["min_norm_by"] = out["min_norm_by"].astype(str)
     order = np.lexsort((out["id"], -out["beta"], out["seed"]))
     return {k: v[order] for k, v in out.items()}, [m for _, m in units]

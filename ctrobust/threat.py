@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from enum import Enum
 
+import numpy as np
 import torch
 
 from ctrobust._registry import did_you_mean
 
-__all__ = ["Threat", "DEFAULT_EPS", "format_eps", "BallViolationError", "CONSTRAINTS", "check_ball", "check_clamped_ball",
+__all__ = ["Threat", "DEFAULT_EPS", "format_eps", "BallViolationError", "DistanceCheckError", "check_distances", "CONSTRAINTS", "check_ball", "check_clamped_ball",
            "check_constraint", "clamped_distances", "distances"]
 
 #: the constraint sets an attack may be checked against: ``ball`` (the threat model: x_adv in [0, 1] and
@@ -208,6 +209,38 @@ def check_ball(x_clean: torch.Tensor, x_adv: torch.Tensor, threat: "str | Threat
            + f". Worst distance {worst:.6g} vs eps {eps:.6g}.")
     raise BallViolationError(msg, n_bad=len(bad_idx), n_total=n, first_index=first, worst_distance=worst,
                              bad_indices=bad_idx)
+
+
+class DistanceCheckError(AssertionError):
+    """A stored minimal perturbation is not the distance of its point, or the point is not an image."""
+
+
+def check_distances(x_clean: torch.Tensor, x_points: torch.Tensor, distance, threat: "str | Threat",
+                    tol: float = 1e-5) -> None:
+    """Check minimum-norm results: every finite, positive ``distance[i]`` is ``||x_points[i] - x_clean[i]||`` in
+    the threat's norm (recomputed; relative and absolute tolerance ``tol``) and ``x_points[i]`` lies in
+    [0, 1]. (Whether the point is misclassified needs the model: the caller checks that.)
+
+    Args:
+        x_clean: float ``(N, C, H, W)`` in [0, 1].
+        x_points: float ``(N, C, H, W)``, the points the distances claim.
+        distance: ``(N,)`` floats; 0 (misclassified clean), ``inf`` (none found) and NaN are not checked here.
+        threat: ``Linf`` or ``L2``.
+
+    Raises:
+        DistanceCheckError: naming the first rows that fail.
+    """
+    d = torch.as_tensor(np.asarray(distance, dtype=np.float64))
+    sel = torch.isfinite(d) & (d > 0)
+    if not bool(sel.any()):
+        return
+    got = distances(x_clean[sel], x_points[sel], threat).double()
+    flat = x_points[sel].reshape(int(sel.sum()), -1)
+    bad = ((got - d[sel]).abs() > tol * (1 + d[sel].abs())) | (flat.amin(1) < -tol) | (flat.amax(1) > 1 + tol)
+    if bool(bad.any()):
+        rows = torch.nonzero(sel).squeeze(1)[bad][:5].tolist()
+        raise DistanceCheckError(f"minimum-norm distances of rows {rows} are not the {Threat.parse(threat).value} "
+                                 "norm of their points, or the points leave [0, 1]: refusing to store them")
 
 
 def clamped_distances(x: torch.Tensor, x_adv: torch.Tensor, threat: "str | Threat",

@@ -44,6 +44,11 @@ class EngineSpec:
         """The constraint sets (``ctrobust.threat.CONSTRAINTS``) the engine can attack in and check."""
         return tuple(self.load().constraints)
 
+    @property
+    def measures(self) -> tuple[str, ...]:
+        """What the engine's attacks produce: ``"bounded"`` (robust at eps) and/or ``"min-norm"`` (distances)."""
+        return tuple(self.load().measures)
+
     def build(self) -> AttackEngine:
         return self.load()()
 

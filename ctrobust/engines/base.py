@@ -42,6 +42,12 @@ class AttackOutcome:
         row_backward_passes: int64 (N,) example-backwards spent on each row, or None.
         peak_mem_mb: the accelerator's peak memory during the call (MiB, measured by the engine), or None
             off CUDA.
+        min_norm: float32 (N,) for a suite with minimum-norm attacks, else None: each row's smallest verified
+            adversarial perturbation in the threat's norm ([0, 1] pixel units): 0 misclassified clean, ``inf``
+            none found (see :mod:`ctrobust.curves`).
+        min_norm_by: str (N,) the minimum-norm attack that found it (``"clean"``, ``""`` none), or None.
+        x_min_norm: float tensor (N, C, H, W) on CPU: the point of that distance (clean image where none), or
+            None.
         accounting: how the engine counted its passes: ``"row"`` (``row_forward_passes`` /
             ``row_backward_passes`` hold each row's own passes) or ``"call"`` (only the call's totals; such an
             engine attacks one beta per call, so the totals are that beta's).
@@ -59,6 +65,9 @@ class AttackOutcome:
     row_backward_passes: np.ndarray | None = None
     peak_mem_mb: float | None = None
     accounting: str = "call"
+    min_norm: np.ndarray | None = None
+    min_norm_by: np.ndarray | None = None
+    x_min_norm: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.accounting not in ("row", "call"):
@@ -74,7 +83,10 @@ class AttackOutcome:
                              self.backward_passes, self.batch_size, list(self.warnings),
                              None if self.row_forward_passes is None else self.row_forward_passes[idx],
                              None if self.row_backward_passes is None else self.row_backward_passes[idx],
-                             self.peak_mem_mb, self.accounting)
+                             self.peak_mem_mb, self.accounting,
+                             None if self.min_norm is None else self.min_norm[idx],
+                             None if self.min_norm_by is None else self.min_norm_by[idx],
+                             None if self.x_min_norm is None else self.x_min_norm[torch.as_tensor(idx, dtype=torch.long)])
 
 
 class AttackEngine(Protocol):

@@ -281,14 +281,13 @@ def fmn(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, norm: str, steps:
 def fab_restart_keys(seed: int, ids: torch.Tensor, betas: torch.Tensor, restarts: int) -> torch.Tensor:
     """Per-row, per-restart random keys for :func:`fab_min_norm`.
 
-    Restart ``r`` of a row uses ``rng.row_keys(seed, id, beta, attack=code of "fab", index=r)`` and
-    counter 0: the keys of the fast engine's untargeted FAB, so a restart's random direction is the one
-    that engine draws for the same row and restart (only the radius differs).
+    Restart ``r`` of a row uses ``rng.row_keys(seed, id, beta, attack=code of "fab-mn", index=r)`` and
+    counter 0 (the minimum-norm FAB's own stream of the attack registry).
 
     Returns:
         int64 ``(N, restarts, 2)`` on ``ids.device``.
     """
-    code = rng.ATTACK_CODES["fab"]
+    code = rng.ATTACK_CODES["fab-mn"]
     return torch.stack([rng.row_keys(seed, ids, betas, code, r) for r in range(int(restarts))], 1)
 
 
@@ -454,8 +453,18 @@ def fab_min_norm(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, norm: st
 MIN_NORM_ATTACKS = {"fmn": fmn, "fab": fab_min_norm}
 
 
+def _resolve(attack) -> tuple[str, Callable]:
+    """``"fmn"`` (a key of :data:`MIN_NORM_ATTACKS`) or ``(label, function)`` -> ``(label, function)``."""
+    if isinstance(attack, str):
+        if attack not in MIN_NORM_ATTACKS:
+            raise did_you_mean("minimum-norm attack", attack, MIN_NORM_ATTACKS)
+        return attack, MIN_NORM_ATTACKS[attack]
+    label, fn = attack
+    return str(label), fn
+
+
 def min_norm(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, norm: str,
-             attacks: Sequence[str] = ("fmn", "fab"), params: dict | None = None, seed: int,
+             attacks: Sequence = ("fmn", "fab"), params: dict | None = None, seed: int,
              ids: torch.Tensor, betas: torch.Tensor) -> MinNormResult:
     """Run minimum-norm attacks and keep per row the smallest verified distance.
 
@@ -471,8 +480,9 @@ def min_norm(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, norm: str,
         x: float ``(N, C, H, W)`` clean images in [0, 1].
         y: int64 ``(N,)`` labels.
         norm: ``"Linf"`` or ``"L2"``.
-        attacks: names from :data:`MIN_NORM_ATTACKS`, run in this order (ties keep the earlier attack).
-        params: per attack, keyword arguments of its function, e.g.
+        attacks: names from :data:`MIN_NORM_ATTACKS`, or ``(label, function)`` pairs (the attack registry's
+            specs: ``("fab-mn", fab_min_norm)``), run in this order (ties keep the earlier attack).
+        params: per attack label, keyword arguments of its function, e.g.
             ``{"fmn": {"steps": 100}, "fab": {"steps": 100, "restarts": 2}}`` (FAB's keys are built here).
         seed: the run seed (FAB's random restarts).
         ids: int64 ``(N,)`` example ids; betas: float ``(N,)`` CT betas (both only key random draws).
@@ -483,17 +493,18 @@ def min_norm(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, norm: str,
     """
     p = parse_norm(norm)
     _check_inputs(x, y)
-    attacks = tuple(attacks)
+    resolved = [_resolve(a) for a in attacks]
+    attacks = tuple(label for label, _ in resolved)
     params = dict(params or {})
-    for name in attacks + tuple(params):
-        if name not in MIN_NORM_ATTACKS:
-            raise did_you_mean("minimum-norm attack", name, MIN_NORM_ATTACKS)
+    for name in params:
+        if name not in attacks and name not in MIN_NORM_ATTACKS:
+            raise did_you_mean("minimum-norm attack", name, attacks or MIN_NORM_ATTACKS)
     unused = set(params) - set(attacks)
     if unused:
         raise ValueError(f"min_norm: params for attacks that do not run: {sorted(unused)}")
     if not attacks:
         raise ValueError("min_norm: no attacks to run")
-    if "keys" in params.get("fab", {}):
+    if any("keys" in params.get(label, {}) for label, fn in resolved if fn is fab_min_norm):
         raise ValueError("min_norm: FAB's keys are built from seed, ids and betas; do not pass them in params")
     res = _empty_result(x)
     n, dev = x.shape[0], x.device
@@ -517,11 +528,11 @@ def min_norm(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, norm: str,
 
     xr, yr = x[rest], y[rest]
     claimed, points = [], []
-    for name in attacks:
+    for name, fn in resolved:
         kw = dict(params.get(name, {}))
-        if name == "fab":
+        if fn is fab_min_norm:
             kw["keys"] = fab_restart_keys(seed, ids[rest], betas[rest], int(kw.get("restarts", 1)))
-        out = MIN_NORM_ATTACKS[name](forward_rest, xr, yr, norm=p, **kw)
+        out = fn(forward_rest, xr, yr, norm=p, **kw)
         res.forward_passes[rest] += out.forward_passes
         res.backward_passes[rest] += out.backward_passes
         # a "clean" claim here means the attack's forward disagreed with the clean check: let verify decide

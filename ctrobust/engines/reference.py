@@ -60,6 +60,8 @@ class ReferenceEngine:
     #: pyautoattack clamps to [0, 1] in whatever space it is given: the threat ball on images, the clamped
     #: ball on the reference protocol's normalized inputs
     constraints = ("ball", "clamped-ball")
+    #: pyautoattack's attacks only: robust-at-eps
+    measures = ("bounded",)
 
     def run(self, model, x, y, *, ids, betas, seed, threat, eps, suite, batch_size, device,
             constraint: str = "ball") -> AttackOutcome:

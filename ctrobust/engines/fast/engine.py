@@ -82,6 +82,30 @@ def _grain(model: torch.nn.Module, x: torch.Tensor, betas: torch.Tensor, block: 
     return _GRAIN_CACHE[key]
 
 
+# The factories of AutoAttack's attacks (``AttackSpec.factory``): the per-row state machine of ``spec`` with the
+# suite's parameters (the AutoAttack block) and the number of target classes the model allows.
+
+
+def build_apgd(spec, suite: AttackSuite, n_target_classes: int) -> APGD:
+    """APGD-CE, APGD-DLR (``n_restarts`` restarts) or APGD-T (one restart per target class)."""
+    if spec.targeted:
+        return APGD(loss="dlr-targeted", n_iter=suite.n_iter, n_restarts=1, n_target_classes=n_target_classes,
+                    rho=suite.rho, eot_iter=suite.eot_iter)
+    return APGD(loss=spec.name.split("-", 1)[1], n_iter=suite.n_iter, n_restarts=suite.n_restarts, rho=suite.rho,
+                eot_iter=suite.eot_iter)
+
+
+def build_fab(spec, suite: AttackSuite, n_target_classes: int) -> FAB:
+    """FAB-T (one restart per target class) or untargeted FAB (``n_restarts`` restarts), stopping at eps."""
+    return FAB(targeted=spec.targeted, n_iter=suite.n_iter, n_restarts=1 if spec.targeted else suite.n_restarts,
+               n_target_classes=n_target_classes)
+
+
+def build_square(spec, suite: AttackSuite, n_target_classes: int) -> Square:
+    """Square Attack with the suite's query budget."""
+    return Square(n_queries=suite.n_queries, p_init=suite.p_init)
+
+
 @dataclass
 class _CallState:
     """What one engine call builds up, row by row, while its attacks run (all arrays length N, on CPU)."""
@@ -93,13 +117,21 @@ class _CallState:
     x_adv: torch.Tensor
     stats: dict
     warns: list
+    min_norm: np.ndarray | None = None
+    min_norm_by: np.ndarray | None = None
+    x_min_norm: torch.Tensor | None = None
 
     @classmethod
-    def empty(cls, x: torch.Tensor) -> "_CallState":
+    def empty(cls, x: torch.Tensor, min_norm: bool = False) -> "_CallState":
         n = int(x.shape[0])
         x_cpu = x.detach().to("cpu", torch.float32)
-        return cls(x_cpu, np.zeros(n, bool), np.zeros(n, bool), np.full(n, "", dtype=object), x_cpu.clone(),
-                   {"attacks": {}, "forward_calls": 0, "backward_calls": 0, "padded_rows": 0}, [])
+        st = cls(x_cpu, np.zeros(n, bool), np.zeros(n, bool), np.full(n, "", dtype=object), x_cpu.clone(),
+                 {"attacks": {}, "forward_calls": 0, "backward_calls": 0, "padded_rows": 0}, [])
+        if min_norm:
+            st.min_norm = np.full(n, np.nan, np.float32)
+            st.min_norm_by = np.full(n, "", dtype=object)
+            st.x_min_norm = x_cpu.clone()
+        return st
 
     def outcome(self, batch_size: int, row_fwd: np.ndarray | None = None, row_bwd: np.ndarray | None = None,
                 peak_mem_mb: float | None = None) -> AttackOutcome:
@@ -110,7 +142,9 @@ class _CallState:
                              forward_passes=int(row_fwd.sum()), backward_passes=int(row_bwd.sum()),
                              batch_size=int(batch_size), warnings=list(dict.fromkeys(self.warns)),
                              row_forward_passes=row_fwd, row_backward_passes=row_bwd, peak_mem_mb=peak_mem_mb,
-                             accounting="row")
+                             accounting="row", min_norm=self.min_norm,
+                             min_norm_by=None if self.min_norm_by is None else self.min_norm_by.astype(str),
+                             x_min_norm=self.x_min_norm)
 
 
 class FastEngine:
@@ -163,6 +197,8 @@ class FastEngine:
     batch_invariant = True
     #: attacks images in [0, 1] and checks every point against the threat ball
     constraints = ("ball",)
+    #: what it measures: robust-at-eps (bounded attacks) and minimal perturbations (minimum-norm attacks)
+    measures = ("bounded", "min-norm")
 
     def __init__(self, *, block_size: int | None = None, fixed_shape: bool = True, verify: bool = True,
                  speculate: bool = True, chain: bool = True, probe_shapes: bool = True):
@@ -180,22 +216,11 @@ class FastEngine:
 
     @staticmethod
     def make_attack(name: str, suite: AttackSuite, *, n_classes: int | None = None):
-        """The attack object for a canonical name, with the suite's hyper-parameters."""
+        """The attack object for a canonical bounded attack name, with the suite's hyper-parameters (built by
+        the spec's factory, :attr:`ctrobust.attacks.AttackSpec.factory`)."""
+        spec = get_attack(name)
         n_t = suite.n_target_classes if n_classes is None else min(suite.n_target_classes, n_classes - 1)
-        name = get_attack(name).name
-        if name in ("apgd-ce", "apgd-dlr"):
-            return APGD(loss=name[5:], n_iter=suite.n_iter, n_restarts=suite.n_restarts, rho=suite.rho,
-                        eot_iter=suite.eot_iter)
-        if name == "apgd-t":
-            return APGD(loss="dlr-targeted", n_iter=suite.n_iter, n_restarts=1, n_target_classes=n_t,
-                        rho=suite.rho, eot_iter=suite.eot_iter)
-        if name == "fab-t":
-            return FAB(targeted=True, n_iter=suite.n_iter, n_restarts=1, n_target_classes=n_t)
-        if name == "fab":
-            return FAB(targeted=False, n_iter=suite.n_iter, n_restarts=suite.n_restarts)
-        if name == "square":
-            return Square(n_queries=suite.n_queries, p_init=suite.p_init)
-        raise NotImplementedError(f"the fast engine has no implementation of {name!r}")  # registry grew
+        return spec.load_factory()(spec, suite, n_t)
 
     # -- run --------------------------------------------------------------------------------------
 
@@ -250,7 +275,7 @@ class FastEngine:
             if bs < 1:
                 raise ValueError(f"batch_size must be positive, got {batch_size}")
 
-        out = _CallState.empty(x)
+        out = _CallState.empty(x, min_norm=bool(suite.min_norm))
         warns, stats = out.warns, out.stats
         self.last_stats = stats
         if n == 0:
@@ -285,6 +310,8 @@ class FastEngine:
                     caller = ModelCaller(model, bd, block=block, fixed_shape=self.fixed_shape, grain=grain)
                     ctx = AttackContext(caller, xd, yd, idd, bd, int(seed), threat_c, eps)
                     self._run_all(ctx, suite, bs, out)
+                    if suite.min_norm:
+                        self._run_min_norm(ctx, suite, bs, out)
                     break
                 except RuntimeError as exc:  # back off on out-of-memory (timm validate.py style)
                     if auto and is_oom(exc) and bs > 1:
@@ -354,6 +381,46 @@ class FastEngine:
                     warns.append(f"beta={beta:g}: Square Attack has decreased the robust accuracy of {frac:.2%}. "
                                  "This might indicate that the robustness evaluation using AutoAttack is "
                                  "unreliable (gradient masking?).")
+
+    # -- minimum-norm attacks ----------------------------------------------------------------------
+
+    def _run_min_norm(self, ctx: AttackContext, suite: AttackSuite, bs: int, out: "_CallState") -> None:
+        """Every row's minimal perturbation: the suite's minimum-norm attacks on blocks of ``bs`` rows (they have
+        no early exit: each minimises its distance for all its steps), the smallest verified distance kept
+        (:func:`ctrobust.engines.minnorm.min_norm`). Without bounded attacks, robust-at-eps and the point kept
+        for eps follow from the distance (:func:`ctrobust.curves.robust_at`)."""
+        from ctrobust.curves import robust_at
+        from ctrobust.engines.minnorm import min_norm
+
+        t0 = time.perf_counter()
+        caller, dev, n = ctx.caller, ctx.x.device, ctx.x.shape[0]
+        attacks = [(spec.name, spec.load_factory()) for spec in suite.min_norm_specs]
+        params = {spec.name: suite.min_norm_params(spec.name) for spec in suite.min_norm_specs}
+        f0, b0 = caller.forward_rows, caller.backward_rows
+        for start in range(0, n, bs):
+            rows = torch.arange(start, min(n, start + bs), device=dev)
+
+            def forward(xb: torch.Tensor, r: torch.Tensor, rows=rows) -> torch.Tensor:
+                return caller.forward(xb, rows[r])
+
+            res = min_norm(forward, ctx.x[rows], ctx.y[rows], norm=ctx.norm, attacks=attacks, params=params,
+                           seed=ctx.seed, ids=ctx.ids[rows], betas=ctx.betas[rows])
+            # the caller counted every forward; the backward sweeps are the attacks' own count
+            caller.row_backwards.index_add_(0, rows, res.backward_passes.to(dev))
+            caller.backward_rows += int(res.backward_passes.sum())
+            sl = slice(start, start + rows.shape[0])
+            out.min_norm[sl] = res.distance.cpu().numpy()
+            out.min_norm_by[sl] = res.found_by
+            out.x_min_norm[sl] = res.x_adv.cpu()
+        out.stats["attacks"]["min-norm"] = {"rows": n, "forward_rows": caller.forward_rows - f0,
+                                            "backward_rows": caller.backward_rows - b0,
+                                            "seconds": time.perf_counter() - t0}
+        if not suite.attacks:  # no bounded attack: "robust at eps" is the distance's
+            broken = out.clean_correct & ~robust_at(out.min_norm, ctx.eps)
+            out.robust[:] = out.clean_correct & ~broken
+            out.broken_by[broken] = out.min_norm_by[broken]
+            out.x_adv[torch.as_tensor(np.flatnonzero(broken), dtype=torch.long)] = out.x_min_norm[
+                torch.as_tensor(np.flatnonzero(broken), dtype=torch.long)]
 
     # -- batch size ---------------------------------------------------------------------------------
 
