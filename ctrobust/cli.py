@@ -33,6 +33,10 @@ examples:
   # offline, with images shipped in packages and the exact pyautoattack path
   ctrobust sweep --model bundled/resnet18-cifar10 --data bundled --n-examples 20 --subset first \\
       --betas 0.9 --eps 1/255 --engine reference --device cpu
+  # robustness curves: every point's minimal perturbation (FMN + FAB) at every beta, robust accuracy at every eps
+  ctrobust sweep --model Standard --attacks min-norm --n-examples 200 --betas 0.8,0.9,0.95
+  # both in one run dir: AutoAttack at --eps and the curves (one results.csv, the AutoAttack points on the curves)
+  ctrobust sweep --model Standard --eps 8/255 --attacks standard,min-norm --curve-eps 0:16/255:1/255
   # interrupted? run the same command again: finished units are skipped
 """
 
@@ -49,7 +53,7 @@ examples:
 
 MAIN_EXAMPLES = """\
 examples:
-  ctrobust demo                                   # offline: bundled model + images, a few minutes on CPU
+  ctrobust demo                                   # offline: bundled model + images, AutoAttack + curves, CPU
   ctrobust sweep --model Standard --eps 8/255     # the main job (needs the checkpoint or network)
   ctrobust plot runs/demo runs/other --out figs   # overlay runs
   ctrobust report runs/demo                       # oracle vs held-out beta, intervals, masking flags
@@ -223,6 +227,8 @@ def _run(cfg) -> int:
     print(f"ran {res.units_run} unit(s), {res.units_skipped} already done")
     if not cfg.quiet:
         print(f"results: {res.run_dir / 'results.csv'}\nfigure:  {res.run_dir / 'figures' / 'sweep.png'}")
+        if cfg.suite.min_norm:
+            print(f"curves:  {res.run_dir / 'curves.csv'}\nfigure:  {res.run_dir / 'figures' / 'curves.png'}")
     return 0
 
 

@@ -170,8 +170,7 @@ def test_fmn_is_no_worse_than_adv_lib(digits_correct, norm):
     forward = _padded(model, 32)
     steps = 100
     ours = fmn(forward, x, y, norm=norm, steps=steps)
-    ref_x = attacks.fmn(model, x, y, norm=float("inf") if norm == "Linf" else 2, steps=steps,
-                        α_init=10.0 if norm == "Linf" else 1.0)
+    ref_x = attacks.fmn(model, x, y, norm=float("inf") if norm == "Linf" else 2, steps=steps)  # same defaults
     ref = verify(forward, x, ref_x, y, norm)
     mine = verify(forward, x, ours.x_adv, y, norm)
     assert torch.equal(mine, ours.distance)
