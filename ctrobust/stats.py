@@ -8,6 +8,11 @@ the same examples.
 - :func:`paired_diff_interval`: Newcombe's hybrid score interval for the difference of two *paired*
   proportions (Newcombe 1998, method 10), e.g. robust accuracy at beta vs at beta = 1 on the same points.
 - :func:`mcnemar_exact`: exact (binomial) McNemar test on paired per-example booleans.
+- :func:`wilcoxon_signed_rank`: two-sided Wilcoxon signed-rank test on paired per-example numbers (e.g.
+  minimal perturbations at beta vs at beta = 1), exact for small samples without ties, as
+  ``scipy.stats.wilcoxon``.
+- :func:`median_interval`: the median of per-example numbers that may be ``inf`` (a point no attack broke)
+  with a percentile bootstrap interval over examples.
 - :func:`stratified_split`: seeded, class-stratified, row-order-independent split of example ids into a
   selection half and a report half (for choosing beta on one half and reporting on the other).
 - :func:`select_beta`: argmax over a beta grid with a documented tie-break.
@@ -20,8 +25,9 @@ the same examples.
   resampled selection half in every replicate, so an interval includes the selection step) and
   :func:`percentile_interval` (a :class:`BootstrapInterval`).
 
-Results are typed: :class:`Interval` (``lo, hi``), :class:`McNemarTest` (``b01, b10, p_value``) and
-:class:`MeanStd` are named tuples (they unpack as the plain tuples they replace, and ``mcnemar_exact(...)[
+Results are typed: :class:`Interval` (``lo, hi``), :class:`McNemarTest` (``b01, b10, p_value``),
+:class:`WilcoxonTest` (``n, statistic, p_value, method``), :class:`MedianInterval` (``median, lo, hi,
+n_boot``) and :class:`MeanStd` are named tuples (they unpack as the plain tuples they replace, and ``mcnemar_exact(...)[
 "p_value"]`` keeps working); :class:`BootstrapInterval` is a frozen dataclass (reports serialize it as an
 object).
 """
@@ -38,10 +44,15 @@ import numpy as np
 __all__ = [
     "Interval",
     "McNemarTest",
+    "WilcoxonTest",
+    "MedianInterval",
     "MeanStd",
     "wilson_interval",
     "paired_diff_interval",
     "mcnemar_exact",
+    "wilcoxon_signed_rank",
+    "median_interval",
+    "WILCOXON_EXACT_MAX",
     "stratified_split",
     "select_beta",
     "mean_std",
@@ -80,6 +91,40 @@ class McNemarTest(NamedTuple):
 
     def __getitem__(self, key):
         return getattr(self, key) if isinstance(key, str) else tuple.__getitem__(self, key)
+
+
+class WilcoxonTest(NamedTuple):
+    """A two-sided Wilcoxon signed-rank test (:func:`wilcoxon_signed_rank`).
+
+    Attributes:
+        n: non-zero differences the test ranks (zero differences are dropped).
+        statistic: ``min(W+, W-)``, the smaller of the rank sums of the positive and negative differences
+            (``scipy.stats.wilcoxon``'s two-sided statistic); half-integers with tied ranks.
+        p_value: two-sided p-value in [0, 1].
+        method: ``"exact"`` (the null distribution of ``W+`` enumerated) or ``"approx"`` (normal
+            approximation with the tie correction).
+    """
+
+    n: int
+    statistic: float
+    p_value: float
+    method: str
+
+
+class MedianInterval(NamedTuple):
+    """A median with its percentile bootstrap interval (:func:`median_interval`); may hold ``inf``.
+
+    Attributes:
+        median: the median of the values (``nan`` when there are none).
+        lo: lower bound of the interval (``nan`` without values or without replicates).
+        hi: upper bound (``inf`` when enough values are ``inf``).
+        n_boot: replicates drawn.
+    """
+
+    median: float
+    lo: float
+    hi: float
+    n_boot: int
 
 
 class MeanStd(NamedTuple):
@@ -241,6 +286,179 @@ def paired_diff_interval(ct_flags, base_flags, conf: float = 0.95) -> Interval:
     lo = diff - math.sqrt(max(lo_term, 0.0))
     hi = diff + math.sqrt(max(hi_term, 0.0))
     return Interval(max(-1.0, lo), min(1.0, hi))
+
+
+# --------------------------------------------------------------------------------------------------
+# paired ranks and medians of per-example numbers (minimal perturbations: non-negative, may be inf)
+#: largest number of non-zero differences for which :func:`wilcoxon_signed_rank` enumerates the exact null
+#: distribution (scipy's ``method="auto"`` threshold).
+WILCOXON_EXACT_MAX = 50
+
+
+def _average_ranks(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """1-based ranks of ``a`` (no NaN; equal values, ``inf`` included, share their average rank) and the
+    size of every group of equal values."""
+    order = np.argsort(a, kind="stable")
+    s = a[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    ends = np.r_[starts[1:], s.size]
+    ranks = np.empty(a.size, np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks, ends - starts
+
+
+def _signed_rank_null_counts(n: int) -> np.ndarray:
+    """``counts[w]``: how many of the ``2**n`` sign patterns of ranks ``1..n`` give ``W+ = w``.
+
+    Dynamic programming over the ranks (add rank ``k`` to every pattern or not); int64 is exact for
+    ``n <= 60`` (``2**n`` patterns in all).
+    """
+    counts = np.zeros(n * (n + 1) // 2 + 1, np.int64)
+    counts[0] = 1
+    for k in range(1, n + 1):
+        counts[k:] = counts[k:] + counts[:-k].copy()
+    return counts
+
+
+def wilcoxon_signed_rank(x, y) -> WilcoxonTest:
+    """Two-sided Wilcoxon signed-rank test of paired samples ``x`` and ``y`` (H0: the differences are
+    symmetric about 0), e.g. per-example minimal perturbations at a CT beta vs at beta = 1.
+
+    Differences are ``d = x - y``, with two equal infinities giving 0 (never ``inf - inf = nan``) and one
+    infinity giving ``+-inf``, the largest ``|d|`` (infinities tie with each other and share their average
+    rank). Zero differences are dropped (Wilcoxon's method, ``scipy.stats.wilcoxon``'s default
+    ``zero_method="wilcox"``); ``n`` is the number left. With ``W+`` and ``W-`` the rank sums of the
+    positive and negative differences (ranks of ``|d|``, ties averaged), the statistic is
+    ``min(W+, W-)`` and the p-value
+
+    - ``"exact"`` when ``n <= 50`` (:data:`WILCOXON_EXACT_MAX`) and no two ``|d|`` tie: ``2 P(T <=
+      min(W+, W-))`` under the exact null distribution of ``T = W+`` (every sign pattern of the ranks
+      ``1..n`` equally likely; enumerated by dynamic programming), capped at 1;
+    - ``"approx"`` otherwise: ``z = (W+ - n(n+1)/4) / sigma`` with ``sigma^2 = (n(n+1)(2n+1) -
+      sum(t^3 - t)/2) / 24`` over the tie groups of size ``t``, ``p = 2 (1 - Phi(|z|))``, no continuity
+      correction.
+
+    This is ``scipy.stats.wilcoxon(x, y)`` (scipy 1.17 defaults: ``zero_method="wilcox"``,
+    ``correction=False``, ``method="auto"``) whenever there are no zero differences. With zeros, scipy's
+    ``"auto"`` leaves the exact distribution (a permutation test over sign flips for <= 13 pairs, the
+    normal approximation above); here the exact distribution of the non-zero differences is kept, which
+    is that permutation test's p-value (flipping the sign of a dropped zero changes nothing).
+
+    Args:
+        x: ``(N,)`` numbers, e.g. distances at beta (``inf`` allowed, NaN not).
+        y: ``(N,)`` numbers paired with ``x`` (same examples, same order).
+
+    Returns:
+        :class:`WilcoxonTest` ``(n, statistic, p_value, method)``; ``n = 0`` (every pair equal) gives
+        ``(0, 0.0, 1.0, "exact")``.
+
+    Raises:
+        ValueError: not 1-D, different lengths, or a NaN (drop unmeasured pairs first).
+
+    Example:
+        >>> wilcoxon_signed_rank([1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0])  # W- = 0: p = 2 / 2**4
+        WilcoxonTest(n=4, statistic=0.0, p_value=0.125, method='exact')
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"x and y must be 1-D of equal length, got shapes {x.shape} and {y.shape}")
+    if np.isnan(x).any() or np.isnan(y).any():
+        raise ValueError("x and y must not hold NaN: drop the pairs that were not measured first")
+    with np.errstate(invalid="ignore"):
+        d = np.where(x == y, 0.0, x - y)  # inf == inf: a zero difference, not inf - inf = nan
+    d = d[d != 0]
+    n = int(d.size)
+    if n == 0:
+        return WilcoxonTest(0, 0.0, 1.0, "exact")
+    ranks, ties = _average_ranks(np.abs(d))
+    w_plus = float(ranks[d > 0].sum())
+    w_minus = float(ranks[d < 0].sum())
+    statistic = min(w_plus, w_minus)
+    if n <= WILCOXON_EXACT_MAX and not np.any(ties > 1):
+        counts = _signed_rank_null_counts(n)
+        # integer ranks without ties: the statistic is an integer; exact integer tail, one rounding at the end
+        tail = int(counts[: int(statistic) + 1].sum())
+        return WilcoxonTest(n, statistic, min(1.0, (2 * tail) / (2 ** n)), "exact")
+    t = ties.astype(np.float64)
+    var = (n * (n + 1.0) * (2.0 * n + 1.0) - float(np.sum(t ** 3 - t)) / 2.0) / 24.0
+    z = (w_plus - n * (n + 1.0) / 4.0) / math.sqrt(var)
+    return WilcoxonTest(n, statistic, min(1.0, math.erfc(abs(z) / math.sqrt(2.0))), "approx")
+
+
+def _middle(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Midpoint of two order statistics ``lo <= hi``: ``inf`` when ``hi`` is, never ``inf - inf``."""
+    with np.errstate(invalid="ignore"):
+        return np.where(lo == hi, lo, 0.5 * lo + 0.5 * hi)
+
+
+def _order_statistic(sorted_values: np.ndarray, q: float) -> float:
+    """The ``q`` quantile as numpy's ``method="inverted_cdf"`` defines it (the smallest value whose
+    empirical CDF reaches ``q``): an element of ``sorted_values``, so ``inf`` stays ``inf`` (numpy's
+    percentile interpolates ``a + (b - a) * 0``, which is NaN next to an ``inf``)."""
+    m = sorted_values.size
+    k = min(max(math.ceil(m * q) - 1, 0), m - 1)
+    return float(sorted_values[k])
+
+
+def median_interval(values, n_boot: int, seed, conf: float = 0.95) -> MedianInterval:
+    """Median of per-example values that may be ``inf``, with a percentile bootstrap interval.
+
+    For minimal perturbations: ``inf`` (no attack broke the example) is a value like any other, larger than
+    every finite one, so the median is ``inf`` when more than half the examples were never broken. NaN
+    (not measured) is dropped before anything is computed: the median is over the measured values only.
+
+    The median of an even count is the midpoint of the two middle order statistics (``inf`` when the upper
+    one is). Each replicate is the median of ``N`` values drawn with replacement, as the percentile
+    bootstrap over examples resamples them, but drawn without materialising the ``N`` draws: the median
+    of a resample is the ``k``-th smallest of ``N`` uniform indices into the sorted values, and the
+    ``k``-th smallest of ``N`` draws ``floor(N U)`` is ``floor(N U_(k))`` with ``U_(k) ~ Beta(k, N - k +
+    1)`` (the next one, for an even count, ``U_(k) + (1 - U_(k)) Beta(1, N - k)``): two variates per
+    replicate instead of ``N`` (a 10 000-point median with 2000 replicates in milliseconds). The interval
+    is the ``(1 - conf) / 2`` and ``(1 + conf) / 2`` quantiles of the replicate medians as order statistics
+    (numpy's ``method="inverted_cdf"``), so no bound is ever interpolated between a finite value and
+    ``inf``.
+
+    Args:
+        values: ``(N,)`` numbers, e.g. distances in the threat's norm (``inf`` allowed; NaN dropped).
+        n_boot: replicates (``0``: no interval).
+        seed: an int (a fresh ``numpy.random.default_rng(seed)``: the result depends on ``seed`` and the
+            values only) or a ``numpy.random.Generator`` (advanced).
+        conf: confidence level in (0, 1).
+
+    Returns:
+        :class:`MedianInterval` ``(median, lo, hi, n_boot)``; ``median``, ``lo``, ``hi`` are ``nan`` when
+        no value is left, ``lo`` and ``hi`` are ``nan`` when ``n_boot = 0``.
+
+    Example:
+        >>> median_interval([1.0, 2.0, np.inf, np.inf, np.nan], n_boot=200, seed=0).median  # (2 + inf) / 2
+        inf
+    """
+    if not 0.0 < conf < 1.0:
+        raise ValueError(f"conf must be in (0, 1), got {conf!r}")
+    n_boot = int(n_boot)
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    v = np.sort(v[~np.isnan(v)])
+    n = int(v.size)
+    nan = float("nan")
+    if n == 0:
+        return MedianInterval(nan, nan, nan, n_boot)
+    k_lo, k_hi = (n - 1) // 2, n // 2
+    median = float(_middle(v[k_lo], v[k_hi]))
+    if n_boot == 0:
+        return MedianInterval(median, nan, nan, 0)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    k = k_lo + 1  # 1-based rank of the lower middle order statistic
+    u_lo = rng.beta(k, n - k + 1, size=n_boot)
+    u_hi = u_lo + (1.0 - u_lo) * rng.beta(1, n - k, size=n_boot) if k_hi > k_lo else u_lo
+    i_lo = np.minimum((n * u_lo).astype(np.int64), n - 1)  # a variate rounded to 1.0 is still an index
+    i_hi = np.minimum((n * u_hi).astype(np.int64), n - 1)
+    reps = _middle(v[i_lo], v[i_hi])
+    reps.sort()
+    alpha = 0.5 * (1.0 - conf)
+    return MedianInterval(median, _order_statistic(reps, alpha), _order_statistic(reps, 1.0 - alpha), n_boot)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -304,3 +304,167 @@ def test_bootstrap_reselect_hand_case_and_agrees_with_select_beta():
             assert held[r] == report[betas.tolist().index(chosen), r]
     with pytest.raises(ValueError):
         stats.bootstrap_reselect(flags, betas, w, np.ones(30, bool))
+
+
+# --------------------------------------------------------------------------------------- Wilcoxon
+def test_wilcoxon_hand_case_exact():
+    # d = x - y = (+1, -2, +3, +4, 0): the zero is dropped (n = 4); ranks of |d| 1, 2, 3, 4;
+    # W+ = 1 + 3 + 4 = 8, W- = 2, statistic 2. Under H0 the 16 sign patterns of ranks 1..4 give W+ = 0 (once),
+    # 1 (once), 2 (once: {2}) -> P(T <= 2) = 3/16, p = 2 * 3/16 = 0.375.
+    res = stats.wilcoxon_signed_rank([1.0, 0.0, 3.0, 5.0, 2.0], [0.0, 2.0, 0.0, 1.0, 2.0])
+    assert res == stats.WilcoxonTest(n=4, statistic=2.0, p_value=0.375, method="exact")
+    # every pattern of 1..3 but the extreme: d all positive, W- = 0, p = 2 / 8
+    assert stats.wilcoxon_signed_rank([1.0, 2.0, 3.0], [0.0, 0.0, 0.0]).p_value == 0.25
+    # nothing differs: no evidence at all
+    assert stats.wilcoxon_signed_rank([1.0, np.inf], [1.0, np.inf]) == (0, 0.0, 1.0, "exact")
+    assert stats.wilcoxon_signed_rank([], []).p_value == 1.0
+
+
+def test_wilcoxon_hand_case_approx_with_ties():
+    # d = (1, 1, -1, 2, 2, 2): ties -> normal approximation. |d| ranks: the three 1s share rank 2, the three
+    # 2s share rank 5. W+ = 2 + 2 + 5 + 5 + 5 = 19, W- = 2; mean n(n+1)/4 = 10.5; tie groups t = 3, 3:
+    # sigma^2 = (6 * 7 * 13 - (24 + 24) / 2) / 24 = (546 - 24) / 24 = 21.75; z = 8.5 / sqrt(21.75).
+    res = stats.wilcoxon_signed_rank([1.0, 1.0, 0.0, 2.0, 2.0, 2.0], [0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    z = 8.5 / math.sqrt(21.75)
+    assert (res.n, res.statistic, res.method) == (6, 2.0, "approx")
+    assert res.p_value == pytest.approx(math.erfc(z / math.sqrt(2)), rel=1e-12)
+
+
+def test_wilcoxon_infinities_are_the_largest_differences():
+    # (inf, inf) -> 0, dropped; (inf, 1) -> +inf, the largest |d|: rank 3 of 3
+    x = np.array([np.inf, np.inf, 0.5, 0.2])
+    y = np.array([np.inf, 1.0, 0.6, 0.0])
+    res = stats.wilcoxon_signed_rank(x, y)  # d = (0, +inf, -0.1, +0.2): W+ = 3 + 2 = 5, W- = 1
+    assert res == (3, 1.0, 0.5, "exact")   # P(T <= 1) = 2/8
+    # two infinities tie (average rank): the test switches to the normal approximation
+    assert stats.wilcoxon_signed_rank([np.inf, np.inf, 1.0], [0.0, 0.0, 0.0]).method == "approx"
+    with pytest.raises(ValueError, match="NaN"):
+        stats.wilcoxon_signed_rank([np.nan, 1.0], [0.0, 0.0])
+    with pytest.raises(ValueError):
+        stats.wilcoxon_signed_rank([1.0, 2.0], [1.0])
+
+
+def _scipy_d(x, y):
+    """Differences as our test takes them (inf - inf = 0), for scipy, which would make them NaN."""
+    with np.errstate(invalid="ignore"):
+        return np.where(x == y, 0.0, x - y)
+
+
+@pytest.mark.parametrize("n", [1, 3, 9, 25, 50, 51, 80, 400])
+def test_wilcoxon_matches_scipy_without_ties(n):
+    sp = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(n)
+    for shift in (0.0, 0.4):
+        x = rng.exponential(size=n)
+        y = rng.exponential(size=n) + shift
+        ours = stats.wilcoxon_signed_rank(x, y)
+        ref = sp.wilcoxon(x, y)  # scipy defaults: zero_method="wilcox", correction=False, method="auto"
+        assert ours.method == ("exact" if n <= 50 else "approx")
+        assert ours.statistic == ref.statistic
+        assert ours.p_value == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-300)
+
+
+@pytest.mark.parametrize("n", [30, 60, 500])
+def test_wilcoxon_matches_scipy_with_ties_zeros_and_infinities(n):
+    sp = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(100 + n)
+    # distances on a coarse grid (ties), some equal pairs (zeros), some never broken (inf, in x, y or both)
+    x = rng.integers(0, 8, size=n) / 255.0
+    y = rng.integers(0, 8, size=n) / 255.0
+    x[rng.random(n) < 0.15] = np.inf
+    y[rng.random(n) < 0.10] = np.inf
+    d = _scipy_d(x, y)
+    assert (d == 0).any() and np.isinf(d).any()
+    ours = stats.wilcoxon_signed_rank(x, y)
+    ref = sp.wilcoxon(d, method="asymptotic")  # what "approx" is (scipy's auto may pick a permutation test)
+    assert ours.method == "approx" and ours.n == int((d != 0).sum())
+    assert ours.statistic == ref.statistic
+    assert ours.p_value == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+def test_wilcoxon_exact_with_zeros_is_the_sign_flip_permutation_test():
+    sp = pytest.importorskip("scipy.stats")
+    # 12 pairs, 3 of them equal, no ties among the rest: scipy's "auto" runs the exact permutation test over
+    # all 2**12 sign flips, which is the exact distribution of the 9 non-zero differences
+    d = np.array([0.0, 0.0, 0.0, 1.5, -2.5, 3.5, 4.5, 5.5, -6.5, 7.5, 8.5, 9.5])
+    ours = stats.wilcoxon_signed_rank(d, np.zeros_like(d))
+    ref = sp.wilcoxon(d)
+    assert ours.method == "exact" and ours.n == 9
+    assert ours.statistic == ref.statistic and ours.p_value == pytest.approx(ref.pvalue, rel=1e-9)
+    # and it agrees with scipy's exact test on the zeros dropped
+    assert ours.p_value == pytest.approx(sp.wilcoxon(d[d != 0], method="exact").pvalue, rel=1e-12)
+
+
+def test_wilcoxon_exact_null_counts():
+    # ranks 1..3: W+ over the 8 sign patterns is 0, 1, 2, 3, 3, 4, 5, 6
+    assert stats._signed_rank_null_counts(3).tolist() == [1, 1, 1, 2, 1, 1, 1]
+    counts = stats._signed_rank_null_counts(50)
+    assert int(counts.sum()) == 2 ** 50 and np.array_equal(counts, counts[::-1])  # symmetric about n(n+1)/4
+
+
+# ------------------------------------------------------------------------------------------ median
+def _exact_bootstrap_cdf(n):
+    """CDF of the exact bootstrap distribution of the median of an odd count n over the order statistics:
+    P(median <= v_(j)) = P(Bin(n, (j+1)/n) >= k), k = (n+1)/2 (at least k of the n draws are <= v_(j))."""
+    k = (n + 1) // 2
+    return [sum(math.comb(n, i) * ((j + 1) / n) ** i * (1 - (j + 1) / n) ** (n - i) for i in range(k, n + 1))
+            for j in range(n)]
+
+
+def test_median_interval_finite_against_numpy():
+    rng = np.random.default_rng(5)
+    v = rng.exponential(size=9)
+    res = stats.median_interval(v, n_boot=100_000, seed=1)
+    assert res.median == np.median(v) and res.n_boot == 100_000
+    # the direct computation: resample the examples, median of each resample, percentiles as order statistics
+    idx = np.random.default_rng(2).integers(0, v.size, size=(100_000, v.size))
+    reps = np.median(v[idx], axis=1)
+    lo, hi = np.percentile(reps, [2.5, 97.5], method="inverted_cdf")
+    assert (res.lo, res.hi) == (lo, hi)
+    # and both are the quantiles of the exact bootstrap distribution: v_(j) for the first j with cdf >= q,
+    # with the cdf at least 0.003 (> 5 Monte Carlo standard errors) away from q on both sides
+    sv, cdf = np.sort(v), _exact_bootstrap_cdf(9)
+    for q, got in ((0.025, res.lo), (0.975, res.hi)):
+        j = next(j for j, c in enumerate(cdf) if c >= q)
+        assert got == sv[j]
+        assert cdf[j] - q > 0.003 and (j == 0 or q - cdf[j - 1] > 0.003)
+    # an even count: the median is the midpoint of the two middle values
+    assert stats.median_interval([4.0, 1.0, 3.0, 2.0], 10, 0).median == 2.5
+
+
+def test_median_interval_even_count_matches_resampling():
+    rng = np.random.default_rng(7)
+    v = np.round(rng.exponential(size=10), 1)  # ties as well
+    res = stats.median_interval(v, n_boot=100_000, seed=3)
+    reps = np.median(v[np.random.default_rng(4).integers(0, 10, size=(100_000, 10))], axis=1)
+    assert (res.lo, res.hi) == tuple(np.percentile(reps, [2.5, 97.5], method="inverted_cdf"))
+
+
+def test_median_interval_with_infinities_is_never_nan():
+    inf = np.inf
+    assert stats.median_interval([inf] * 5, 200, 0) == (inf, inf, inf, 200)
+    # half never broken: the median straddles 3 and inf -> inf, the lower bound finite
+    half = np.r_[np.arange(1.0, 11.0), np.full(10, inf)]
+    res = stats.median_interval(half, 2000, 0)
+    assert res.median == inf and res.hi == inf and 1.0 <= res.lo <= 10.0
+    assert not any(math.isnan(x) for x in res[:3])
+    # one more finite point: the median is finite (the 11th smallest), the interval still reaches inf
+    res = stats.median_interval(np.r_[half, 0.5], 2000, 0)
+    assert res.median == 10.0 and res.hi == inf
+    # NaN (not measured) is dropped before anything: the same as without it
+    assert stats.median_interval(np.r_[half, np.nan, np.nan], 300, 9) == stats.median_interval(half, 300, 9)
+
+
+def test_median_interval_deterministic_and_edge_cases():
+    v = np.random.default_rng(0).exponential(size=500)
+    a = stats.median_interval(v, 500, seed=11)
+    assert a == stats.median_interval(v[::-1], 500, seed=11)  # values, not their order
+    # the bounds are data values (order statistics), so two seeds may agree; over eight they do not all
+    assert any(stats.median_interval(v, 500, seed=s) != a for s in range(12, 20))
+    assert a.lo < a.median < a.hi
+    none = stats.median_interval([np.nan], 100, 0)
+    assert all(math.isnan(x) for x in none[:3]) and none.n_boot == 100
+    no_boot = stats.median_interval([1.0, 2.0, 3.0], 0, 0)
+    assert no_boot.median == 2.0 and math.isnan(no_boot.lo) and no_boot.n_boot == 0
+    with pytest.raises(ValueError):
+        stats.median_interval([1.0], 10, 0, conf=1.0)
