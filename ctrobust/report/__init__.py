@@ -42,9 +42,9 @@ JSON (``ctrobust report --format json``, :func:`render_json`) is ``dataclasses.a
 ``settings``, ``select_on``, ``split_seed``, ``conf``, ``tie_break``, ``n_boot``, ``boot_seed``,
 ``n_seeds``, ``oracle`` / ``heldout`` (:class:`ProtocolSummary`), ``per_seed``, ``per_beta``,
 ``per_attack``, ``warnings``, ``distances``: :class:`DistanceSummary` or ``null``), ``aggregates``
-(:class:`Aggregate`) and ``claims`` (:class:`ClaimComparison`). Accuracies are in percent (``*_pct``), gains in points (``*_pts``),
-fractions as ``*_frac``, minimal perturbations as ``*_dist``; non-finite numbers are written
-``Infinity`` / ``NaN``.
+(:class:`Aggregate`) and ``claims`` (:class:`ClaimComparison`). Accuracies are in percent (``*_pct``),
+gains in points (``*_pts``), fractions as ``*_frac``, minimal perturbations as ``*_dist``; non-finite
+numbers are written ``Infinity`` / ``NaN``.
 
 Example:
     >>> from ctrobust.report import summarize, render_markdown, render_json  # doctest: +SKIP
