@@ -18,6 +18,10 @@ For each run (one model x dataset x threat x eps) the report gives
 - clean accuracy at each, the absolute gain in percentage points with a 95 % interval, the relative gain
   as the paper computes it (``(CT - base) / base``, infinite or undefined when base is 0), the exact
   McNemar p-value against beta = 1, mean +- std across seeds, and gradient-masking flags per beta;
+- for a run with minimum-norm distances (``min_norm``; :mod:`ctrobust.report.distances`), per seed and
+  beta the median minimal perturbation with a bootstrap interval, the Wilcoxon signed-rank test and the
+  share of points whose distance grew against beta = 1, the beta with the largest median (oracle and
+  held-out), and, where a bounded suite also ran, its robust accuracy at eps beside the curve's;
 
 and across runs the paper's aggregate (mean over datasets of per-dataset relative gains, grouped by model
 and threat), compared with the claims in ``configs/paper_claims.yaml``.
@@ -37,9 +41,10 @@ JSON (``ctrobust report --format json``, :func:`render_json`) is ``dataclasses.a
 ``conf``, ``tie_break``, ``n_boot``, ``boot_seed``, ``runs`` (:class:`RunSummary`: ``name``,
 ``settings``, ``select_on``, ``split_seed``, ``conf``, ``tie_break``, ``n_boot``, ``boot_seed``,
 ``n_seeds``, ``oracle`` / ``heldout`` (:class:`ProtocolSummary`), ``per_seed``, ``per_beta``,
-``per_attack``, ``warnings``), ``aggregates`` (:class:`Aggregate`) and ``claims``
-(:class:`ClaimComparison`). Accuracies are in percent (``*_pct``), gains in points (``*_pts``),
-fractions as ``*_frac``; non-finite numbers are written ``Infinity`` / ``NaN``.
+``per_attack``, ``warnings``, ``distances``: :class:`DistanceSummary` or ``null``), ``aggregates``
+(:class:`Aggregate`) and ``claims`` (:class:`ClaimComparison`). Accuracies are in percent (``*_pct``),
+gains in points (``*_pts``), fractions as ``*_frac``, minimal perturbations as ``*_dist``; non-finite
+numbers are written ``Infinity`` / ``NaN``.
 
 Example:
     >>> from ctrobust.report import summarize, render_markdown, render_json  # doctest: +SKIP
@@ -53,11 +58,13 @@ from __future__ import annotations
 from ctrobust.report.aggregate import aggregate_runs
 from ctrobust.report.build import FORMATS, build_report, combine_runs, report_from_summaries, summarize
 from ctrobust.report.claims import compare_claims, default_claims_path, load_claims
+from ctrobust.report.distances import summarize_distances
 from ctrobust.report.render import render_json, render_markdown
 from ctrobust.report.run import SELECT_ON, summarize_run
 from ctrobust.report.summary import (REPORT_FORMAT_VERSION, Aggregate, AggregateProtocol, AttackCounts, BaseStats,
                                      BetaRow, BetaSummary, BootstrapInterval, ClaimComparison, ClaimDataset,
-                                     DatasetGain, MaskingFlags, MaskingSummary, MeanStd, ProtocolSummary, Report,
+                                     DatasetGain, DistanceRow, DistanceSeed, DistanceSelection, DistanceSummary,
+                                     EpsComparison, MaskingFlags, MaskingSummary, MeanStd, ProtocolSummary, Report,
                                      RunSettings, RunSummary, SeedSummary, Selection, SettingDiff)
 from ctrobust.report.tables import per_attack_breakdown
 
@@ -66,11 +73,13 @@ __all__ = [
     "build_report", "summarize", "summarize_run", "combine_runs", "report_from_summaries",
     "render_markdown", "render_json",
     # pieces
-    "aggregate_runs", "compare_claims", "load_claims", "default_claims_path", "per_attack_breakdown",
+    "aggregate_runs", "summarize_distances", "compare_claims", "load_claims", "default_claims_path",
+    "per_attack_breakdown",
     # constants
     "SELECT_ON", "FORMATS", "REPORT_FORMAT_VERSION",
     # the typed report
     "Report", "RunSummary", "RunSettings", "ProtocolSummary", "BaseStats", "SeedSummary", "Selection", "BetaRow",
     "BetaSummary", "MaskingFlags", "MaskingSummary", "MeanStd", "BootstrapInterval", "AttackCounts",
     "Aggregate", "AggregateProtocol", "DatasetGain", "ClaimComparison", "ClaimDataset", "SettingDiff",
+    "DistanceSummary", "DistanceSeed", "DistanceSelection", "DistanceRow", "EpsComparison",
 ]

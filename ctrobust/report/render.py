@@ -12,8 +12,9 @@ import math
 import numpy as np
 
 from ctrobust.threat import format_eps
-from ctrobust.report.summary import (BootstrapInterval, ClaimComparison, MaskingFlags, MaskingSummary, MeanStd,
-                                     ProtocolSummary, Report, RunSummary, SettingDiff, to_dict)
+from ctrobust.report.summary import (BootstrapInterval, ClaimComparison, DistanceRow, DistanceSummary,
+                                     EpsComparison, MaskingFlags, MaskingSummary, MeanStd, ProtocolSummary, Report,
+                                     RunSummary, SettingDiff, to_dict)
 
 __all__ = ["render_markdown", "render_json", "ORACLE_LABEL", "HELDOUT_LABEL"]
 
@@ -34,8 +35,9 @@ def render_json(report: Report) -> str:
     """JSON text of a report: ``dataclasses.asdict`` of it, private (``_``) fields left out.
 
     Numbers stay numbers. Non-finite ones (a relative gain over a base accuracy of 0, an interval with
-    every replicate undefined) are written as ``Infinity``, ``-Infinity`` and ``NaN``, the tokens
-    Python's ``json``, JavaScript's ``JSON5`` and pandas read back (strict JSON has no such numbers).
+    every replicate undefined, the median distance of points never broken) are written as ``Infinity``,
+    ``-Infinity`` and ``NaN``, the tokens Python's ``json``, JavaScript's ``JSON5`` and pandas read back
+    (strict JSON has no such numbers).
     :meth:`Report.from_dict` rebuilds the typed report from ``json.loads`` of the text.
 
     Args:
@@ -238,9 +240,112 @@ def _md_run(s: RunSummary) -> list[str]:
                      f"| {g('grad_zero_frac', True)} | {g('grad_nonfinite_frac', True)} | {g('transfer_only')} "
                      f"| {'YES' if m is not None and m.masking_suspected else 'no'} |")
     lines.append("")
+    if s.distances is not None:
+        lines += _md_distances(s.distances)
     for w in s.warnings:
         lines.append(f"- warning: {w}")
     if s.warnings:
+        lines.append("")
+    return lines
+
+
+def _fdist(d, threat) -> str:
+    """A distance in the threat's norm: ``k/255`` units for Linf (2 decimals), 3 decimals for L2."""
+    if d is None or math.isnan(float(d)):
+        return "—"
+    d = float(d)
+    if math.isinf(d):
+        return "inf"
+    return f"{255 * d:.2f}/255" if threat == "Linf" else f"{d:.3f}"
+
+
+def _fdist_ci(ci, threat) -> str:
+    lo, hi = ci
+    if lo is None or math.isnan(float(lo)):
+        return "—"
+    return f"[{_fdist(lo, threat)}, {_fdist(hi, threat)}]"
+
+
+def _fwilcoxon(r: DistanceRow) -> str:
+    if r.wilcoxon_n == 0:
+        return "— (no difference)"
+    return f"{_fp([r.wilcoxon_p])} ({r.wilcoxon_method}, n {r.wilcoxon_n})"
+
+
+def _fchange(r: DistanceRow) -> str:
+    return f"{_f(100 * r.grew_frac, 1)} / {_f(100 * r.shrank_frac, 1)}"
+
+
+def _facc_ci(acc, ci) -> str:
+    return f"{_f(acc)} [{_f(ci[0])}, {_f(ci[1])}]"
+
+
+def _fweaker(e: EpsComparison | None) -> str:
+    return "—" if e is None else ("YES" if e.min_norm_weaker else "no")
+
+
+def _md_distances(d: DistanceSummary) -> list[str]:
+    """The minimal-perturbation section of a run (a run with minimum-norm distances)."""
+    conf_pct = int(round(d.conf * 100))
+    unit = "k/255 pixel units" if d.threat == "Linf" else "[0, 1] pixel units"
+    bounded = ", ".join(d.bounded_attacks)
+    lines = ["### Minimal perturbations (minimum-norm attack)", "",
+             f"Per example, the smallest {d.threat} perturbation the minimum-norm attack found ({unit}; an upper "
+             "bound on the minimal one): inf = never broken, 0 = misclassified clean. Median with its "
+             f"{conf_pct} % percentile bootstrap interval over examples ({d.n_boot} replicates); against β = 1 on "
+             "the same examples: the share whose distance grew / shrank and the two-sided Wilcoxon signed-rank "
+             "test (zero differences dropped)."]
+    compare = bool(d.bounded_attacks) and d.eps is not None
+    if compare:
+        lines += ["", f"Robust accuracy at eps {format_eps(d.eps)} two ways, with {conf_pct} % Wilson intervals: "
+                     f"the bounded suite ({bounded}) and the curve (distance > eps). *min-norm weaker*: the curve's "
+                     "lower bound lies above the bounded accuracy, so the minimum-norm attack missed adversarial "
+                     "points within eps that the bounded suite found and the curve overstates robustness there."]
+    lines.append("")
+    head = (f"| seed | beta | points | median distance | {conf_pct} % CI | grew / shrank vs β=1 (%) "
+            "| Wilcoxon p vs β=1 | never broken (%) |")
+    rule = "|---|---|---|---|---|---|---|---|"
+    if compare:
+        head += (f" robust at eps, {bounded} (%) | robust at eps, curve (%) | min-norm weaker |")
+        rule += "---|---|---|"
+    lines += [head, rule]
+    for ds in d.per_seed:
+        for r in sorted(ds.per_beta, key=lambda r: -r.beta):
+            line = (f"| {ds.seed} | {r.beta:.2f} | {r.n} | {_fdist(r.median_dist, d.threat)} "
+                    f"| {_fdist_ci(r.median_dist_ci, d.threat)} | {_fchange(r)} | {_fwilcoxon(r)} "
+                    f"| {_f(100 * r.never_broken_frac, 1)} |")
+            if compare:
+                e = r.at_eps
+                line += (" — | — | — |" if e is None else
+                         f" {_facc_ci(e.bounded_robust_acc_pct, e.bounded_ci_pct)} "
+                         f"| {_facc_ci(e.curve_robust_acc_pct, e.curve_ci_pct)} | {_fweaker(e)} |")
+            lines.append(line)
+    lines.append("")
+    lines += ["Beta with the largest median distance (oracle: chosen and reported on all points; held-out: chosen "
+              f"on the selection half of the split, seed {d.split_seed}, reported on the report half):"
+              if d.split_seed is not None else
+              "Beta with the largest median distance (oracle: chosen and reported on all points):", "",
+              f"| seed | protocol | points | beta | median distance | {conf_pct} % CI | β=1 median on same points "
+              "| grew / shrank vs β=1 (%) | Wilcoxon p vs β=1 |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for ds in d.per_seed:
+        for label, sel in (("oracle", ds.oracle), ("held-out", ds.heldout)):
+            if sel is None:
+                continue
+            r = sel.report
+            points = f"all {r.n}" if label == "oracle" else f"report {r.n} (selected on {sel.select_n})"
+            lines.append(f"| {ds.seed} | {label} | {points} | {sel.beta:.2f} | {_fdist(r.median_dist, d.threat)} "
+                         f"| {_fdist_ci(r.median_dist_ci, d.threat)} | {_fdist(r.base_median_dist, d.threat)} "
+                         f"| {_fchange(r)} | {_fwilcoxon(r)} |")
+    lines.append("")
+    weaker = [f"seed {ds.seed} β {r.beta:.2f}" for ds in d.per_seed for r in sorted(ds.per_beta, key=lambda r: -r.beta)
+              if r.at_eps is not None and r.at_eps.min_norm_weaker]
+    if weaker:
+        lines += [f"**The minimum-norm attack was weaker than {bounded} at eps {format_eps(d.eps)}** "
+                  f"({', '.join(weaker)}): read the curve there as an upper bound that the bounded suite beats.", ""]
+    for w in d.warnings:
+        lines.append(f"- warning: {w}")
+    if d.warnings:
         lines.append("")
     return lines
 

@@ -1,5 +1,6 @@
 """One run's summary from its per-example outcomes: settings, per-seed selections, headline across seeds,
-bootstrap intervals, per-beta masking flags (:func:`summarize_run` -> :class:`RunSummary`)."""
+bootstrap intervals, per-beta masking flags, and the minimal perturbations of a minimum-norm run
+(:func:`summarize_run` -> :class:`RunSummary`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ctrobust import stats
+from ctrobust.curves import has_distances
 from ctrobust.diagnostics import masking_flags
 from ctrobust.report._util import bkey, opt_float, pct
 from ctrobust.config import RunConfig
+from ctrobust.report.distances import summarize_distances
 from ctrobust.report.selection import bootstrap_run, summarize_seed
 from ctrobust.report.summary import (AttackCounts, BaseStats, BetaSummary, MaskingFlags, MaskingSummary, MeanStd,
                                      ProtocolSummary, RunSettings, RunSummary, SeedSummary)
@@ -96,7 +99,8 @@ def summarize_run(outcomes: Mapping[str, Any], config=None, *, select_on: str = 
     Args:
         outcomes: columns of the store contract (``ctrobust.store.load_outcomes``): ``id``, ``label``,
             ``beta``, ``seed``, ``clean_correct``, ``robust`` required; ``broken_by``, ``grad_zero``,
-            ``grad_nonfinite``, ``transfer_broken`` used for masking flags when present.
+            ``grad_nonfinite``, ``transfer_broken`` used for masking flags when present; ``min_norm``
+            (minimum-norm distances) adds the :class:`~ctrobust.report.summary.DistanceSummary`.
         config: the run's ``SweepConfig`` (or a mapping, or ``None``); read with defaults, extra fields
             ignored.
         select_on: ``"half"`` (oracle and held-out) or ``"same"`` (oracle only).
@@ -159,8 +163,13 @@ def summarize_run(outcomes: Mapping[str, Any], config=None, *, select_on: str = 
     if "broken_by" in outcomes:
         per_attack = tuple(AttackCounts(beta=b, counts=c) for b, c in per_attack_breakdown(outcomes).items())
 
+    distances = None
+    if has_distances(outcomes):
+        distances = summarize_distances(outcomes, config, select_on=select_on, split_seed=split_seed, conf=conf,
+                                        tie_break=tie_break, n_boot=n_boot, boot_seed=boot_seed)
+
     return RunSummary(name=name, settings=settings, select_on=select_on,
                       split_seed=split_seed if select_on == "half" else None, conf=conf, tie_break=tie_break,
                       n_boot=n_boot, boot_seed=boot_seed, n_seeds=len(seeds), oracle=oracle, heldout=heldout,
                       per_seed=per_seed, per_beta=tuple(per_beta), per_attack=per_attack,
-                      warnings=tuple(warnings), _replicates=boot)
+                      warnings=tuple(warnings), distances=distances, _replicates=boot)

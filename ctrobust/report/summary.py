@@ -10,7 +10,9 @@ Units, as the field names say:
 - ``*_pct``: accuracies and relative gains in percent (``robust_acc_pct = 25.0`` is 25 %); a relative gain
   is ``+inf`` when the base accuracy is 0 and CT's is not, ``nan`` when both are 0;
 - ``*_pts``: differences of accuracies in percentage points;
-- ``*_frac``: fractions in [0, 1] (masking signals);
+- ``*_frac``: fractions in [0, 1] (masking signals, shares of examples);
+- ``*_dist``: minimal perturbations found by a minimum-norm attack, in the threat's norm and [0, 1] pixel
+  units (``0``: misclassified clean, ``inf``: never broken; written ``Infinity`` in the JSON);
 - ``beta``: the CT beta (1 = the unmodified network), rounded to 6 decimals.
 
 Accuracies stay in percent (not fractions) because that is the unit the seed means and standard
@@ -37,7 +39,8 @@ from ctrobust.stats import BootstrapInterval
 
 __all__ = ["REPORT_FORMAT_VERSION", "MeanStd", "BootstrapInterval", "MaskingFlags", "MaskingSummary",
            "BetaRow", "Selection", "SeedSummary", "BaseStats", "ProtocolSummary", "BetaSummary",
-           "AttackCounts", "RunSettings", "BootReplicates", "RunSummary", "DatasetGain", "AggregateProtocol",
+           "AttackCounts", "RunSettings", "BootReplicates", "EpsComparison", "DistanceRow", "DistanceSelection",
+           "DistanceSeed", "DistanceSummary", "RunSummary", "DatasetGain", "AggregateProtocol",
            "Aggregate", "SettingDiff", "ClaimDataset", "ClaimComparison", "Report", "to_dict", "from_dict"]
 
 #: the ``format`` of a report; bumped when the JSON structure changes (2: the typed report).
@@ -282,6 +285,140 @@ class BootReplicates:
 
 
 @dataclass(frozen=True)
+class EpsComparison:
+    """Robust accuracy at the run's eps two ways, on the same points: the bounded attack suite's robust flags
+    and the minimum-norm curve's ``curves.robust_at(distance, eps)``.
+
+    Both are upper bounds on the true robust accuracy (each attack only finds some adversarial points), so
+    the lower one is the better bound.
+
+    Attributes:
+        eps: the run's eps (threat norm, [0, 1] pixel units).
+        n: points.
+        bounded_robust_acc_pct: robust accuracy from the bounded suite (e.g. AutoAttack).
+        bounded_ci_pct: its Wilson interval ``(lo, hi)`` (:func:`ctrobust.stats.wilson_interval`).
+        curve_robust_acc_pct: share of points whose minimal perturbation found exceeds eps.
+        curve_ci_pct: its Wilson interval.
+        min_norm_weaker: the curve's Wilson lower bound lies above the bounded accuracy: the minimum-norm
+            attack missed adversarial points within eps that the bounded suite found, so the curve overstates
+            robustness here.
+    """
+
+    eps: float
+    n: int
+    bounded_robust_acc_pct: float
+    bounded_ci_pct: tuple[float, float]
+    curve_robust_acc_pct: float
+    curve_ci_pct: tuple[float, float]
+    min_norm_weaker: bool
+
+
+@dataclass(frozen=True)
+class DistanceRow:
+    """One seed, one beta: the minimal perturbations found, against beta = 1 on the same points.
+
+    Attributes:
+        beta: the beta.
+        n: points.
+        median_dist: median distance (``inf`` when more than half were never broken).
+        median_dist_ci: its percentile bootstrap interval ``(lo, hi)`` over the points
+            (:func:`ctrobust.stats.median_interval`; ``nan`` without bootstrap).
+        base_median_dist: median distance at beta = 1 on the same points.
+        never_broken_frac: points no attack broke (distance ``inf``).
+        grew_frac: points whose distance is larger than at beta = 1 (``inf`` vs ``inf`` is not growth).
+        shrank_frac: points whose distance is smaller than at beta = 1.
+        wilcoxon_n: points whose distance differs from beta = 1 (the ones the test ranks).
+        wilcoxon_statistic: ``min(W+, W-)`` (:func:`ctrobust.stats.wilcoxon_signed_rank`).
+        wilcoxon_p: its two-sided p-value.
+        wilcoxon_method: ``"exact"`` or ``"approx"``.
+        at_eps: the bounded suite's and the curve's robust accuracy at the run's eps (``None``: no bounded
+            suite ran, or the run has no eps).
+    """
+
+    beta: float
+    n: int
+    median_dist: float
+    median_dist_ci: tuple[float, float]
+    base_median_dist: float
+    never_broken_frac: float
+    grew_frac: float
+    shrank_frac: float
+    wilcoxon_n: int
+    wilcoxon_statistic: float
+    wilcoxon_p: float
+    wilcoxon_method: str
+    at_eps: EpsComparison | None
+
+
+@dataclass(frozen=True)
+class DistanceSelection:
+    """The beta with the largest median distance for one seed, and how it does on the reported points.
+
+    Attributes:
+        beta: the chosen beta (ties as :func:`ctrobust.stats.select_beta`).
+        select_n: points it was chosen on (all points for the oracle, the selection half for held-out).
+        select_median_dist: its median distance on those points (the maximum over the grid).
+        report: the chosen beta against beta = 1 on the reported points (the same points for the oracle,
+            the report half for held-out).
+    """
+
+    beta: float
+    select_n: int
+    select_median_dist: float
+    report: DistanceRow
+
+
+@dataclass(frozen=True)
+class DistanceSeed:
+    """One seed's minimal perturbations: every beta on all points, and the beta chosen by median distance.
+
+    Attributes:
+        seed: attack seed.
+        n: points with a distance at every beta.
+        dropped: points of the seed's outcome table left out for lack of a distance at some beta.
+        per_beta: every beta (ascending) against beta = 1 on all points.
+        oracle: beta chosen on all points, reported on all points.
+        heldout: beta chosen on the selection half, reported on the report half (``None``: not asked for or
+            a half is empty).
+    """
+
+    seed: int
+    n: int
+    dropped: int
+    per_beta: tuple[DistanceRow, ...]
+    oracle: DistanceSelection
+    heldout: DistanceSelection | None
+
+
+@dataclass(frozen=True)
+class DistanceSummary:
+    """A run's minimal perturbations (a minimum-norm attack's per-example distances), per seed and beta.
+
+    Attributes:
+        threat: the norm of every distance (``Linf`` or ``L2``).
+        eps: the run's eps (``None``: not recorded).
+        bounded_attacks: the bounded suite that also ran at ``eps`` (empty: distances only, and the run's
+            robust flags are derived from them, so there is nothing to compare).
+        conf: confidence level of every interval.
+        n_boot: bootstrap replicates of each median interval (0: none).
+        boot_seed: the run's bootstrap seed the median intervals derive from.
+        split_seed: seed of the selection/report split (``None``: no held-out selection).
+        per_seed: one entry per seed with distances.
+        warnings: anything the reader should know (points or seeds without distances).
+    """
+
+    threat: str | None
+    eps: float | None
+    bounded_attacks: tuple[str, ...]
+    conf: float
+    n_boot: int
+    boot_seed: int
+    split_seed: int | None
+    per_seed: tuple[DistanceSeed, ...]
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """Everything the report says about one run (one model x dataset x threat x eps).
 
@@ -301,6 +438,7 @@ class RunSummary:
         per_beta: per beta across seeds, with masking flags.
         per_attack: rows per beta by first breaking attack (``None``: no ``broken_by`` column).
         warnings: anything the reader should know (partial run, config mismatch, results cross-check).
+        distances: the minimum-norm attack's per-example distances (``None``: the run has none).
     """
 
     name: str | None
@@ -318,6 +456,7 @@ class RunSummary:
     per_beta: tuple[BetaSummary, ...]
     per_attack: tuple[AttackCounts, ...] | None
     warnings: tuple[str, ...]
+    distances: DistanceSummary | None = None
     # bootstrap replicates for the cross-run aggregate: large, so not in the JSON, repr or comparisons
     _replicates: BootReplicates | None = field(default=None, repr=False, compare=False)
 
