@@ -326,14 +326,15 @@ def parse_suite(spec) -> AttackSuite:
     if not bounded:
         return dataclasses.replace(SUITES["standard"], name=MIN_NORM, attacks=(), min_norm=tuple(mn))
     if len(bounded) == 1 and bounded[0] in SUITES:
-        return dataclasses.replace(SUITES[bounded[0]], min_norm=tuple(mn))
+        named = SUITES[bounded[0]]
+        return dataclasses.replace(named, min_norm=tuple(mn)) if mn else named
     if any(n in SUITES for n in bounded):
         raise ValueError(f"suite {next(n for n in bounded if n in SUITES)!r} cannot be combined with other "
                          "bounded attacks")
     suite = dataclasses.replace(SUITES["standard"], name="custom", attacks=tuple(bounded))
     # a list that spells out a named suite is that suite
     named = next((s for s in SUITES.values() if s.attacks and s.params() == suite.params()), suite)
-    return dataclasses.replace(named, min_norm=tuple(mn))
+    return dataclasses.replace(named, min_norm=tuple(mn)) if mn else named
 
 
 def suite_attack_names(label) -> list[str]:
