@@ -104,7 +104,7 @@ ATTACKS: dict[str, AttackSpec] = {a.name: a for a in (
                kind="min-norm", factory="ctrobust.engines.minnorm:fmn", params=(("steps", 100),)),
     AttackSpec("fab-mn", gradient=True, targeted=False, rng_code=8, color="#da8bc3", pyautoattack=None,
                kind="min-norm", factory="ctrobust.engines.minnorm:fab_min_norm",
-               params=(("steps", 100), ("restarts", 1))),
+               params=(("steps", 100), ("restarts", 1), ("candidates", 0))),
 )}
 
 #: the name of the suite of minimum-norm attacks (FMN and FAB, the smallest verified distance per point).
@@ -203,8 +203,9 @@ class AttackSuite:
                              f"(it takes {', '.join(spec.defaults)})")
         values = {**spec.defaults, **given}
         for k, v in values.items():
-            if int(v) != v or v < 1:
-                raise ValueError(f"{spec.name} {k} must be a positive integer, got {v!r}")
+            if int(v) != v or v < (0 if spec.defaults[k] == 0 else 1):
+                raise ValueError(f"{spec.name} {k} must be a {'non-negative' if spec.defaults[k] == 0 else 'positive'}"
+                                 f" integer, got {v!r}")
         return spec.name, tuple((k, int(values[k])) for k in spec.defaults)
 
     @property
@@ -241,18 +242,24 @@ class AttackSuite:
     def needs_targets(self) -> bool:
         return any(s.targeted for s in self.specs)
 
+    def with_min_norm_params(self, params) -> "AttackSuite":
+        """The same suite with some minimum-norm parameters changed: ``{attack: {param: value}}`` (None or {}:
+        unchanged; an attack the suite does not run, or a parameter it does not have, is an error)."""
+        if not params or not self.min_norm:
+            return self
+        runs = {n for n, _ in self.min_norm}
+        unknown = set(params) - runs
+        if unknown:
+            raise ValueError(f"parameters for {sorted(unknown)[0]!r}, which this suite does not run "
+                             f"({', '.join(n for n, _ in self.min_norm)})")
+        return dataclasses.replace(self, min_norm=tuple((n, {**dict(p), **params.get(n, {})}) for n, p in self.min_norm))
+
     def with_min_norm_steps(self, steps) -> "AttackSuite":
-        """The same suite with its minimum-norm attacks at ``steps`` steps: an int for all of them, or a mapping
-        ``{attack: steps}`` (None: unchanged; an attack the suite does not run is an error)."""
+        """Every minimum-norm attack at ``steps`` steps (an int), or per attack (``{attack: steps}``)."""
         if steps is None or not self.min_norm:
             return self
         per = dict(steps) if isinstance(steps, dict) else {n: steps for n, _ in self.min_norm}
-        unknown = set(per) - {n for n, _ in self.min_norm}
-        if unknown:
-            raise ValueError(f"steps for {sorted(unknown)[0]!r}, which this suite does not run "
-                             f"({', '.join(n for n, _ in self.min_norm)})")
-        return dataclasses.replace(self, min_norm=tuple((n, {**dict(p), "steps": per.get(n, dict(p)["steps"])})
-                                                        for n, p in self.min_norm))
+        return self.with_min_norm_params({n: {"steps": v} for n, v in per.items()})
 
     def params(self) -> dict:
         """Everything that determines the suite's results (hashed into experiment and unit keys).

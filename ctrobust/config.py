@@ -281,9 +281,10 @@ class SweepConfig:
                               "standard | rand (APGD-CE + APGD-DLR, EOT 20) | a list such as "
                               "apgd-ce,apgd-t,fab-t,square | min-norm (FMN + FAB: every point's minimal "
                               "perturbation, robust accuracy at every eps) | both: standard,min-norm [standard]"))
-    min_norm_steps: Any = option(None, group=EXPERIMENT, help=(
-        "steps of the minimum-norm attacks of --attacks min-norm: N for all, or per attack, e.g. fmn=20,fab-mn=5 "
-        "[100 each]; part of the attack suite, so of the key"))
+    min_norm_params: Any = option(None, group=EXPERIMENT, help=(
+        "parameters of the minimum-norm attacks of --attacks min-norm: N (steps of all), attack=N (its steps) or "
+        "attack.param=N, e.g. fmn=20,fab-mn=5 or fab-mn.restarts=3,fab-mn.candidates=2 [steps 100 each, FAB on "
+        "all classes]; part of the attack suite, so of the key"))
     curve_eps: Any = option(None, nargs="+", help=(
         "eps grid of curves.csv for a min-norm run: start:stop:step or a list, e.g. 0:16/255:1/255 "
         "[0:16/255:1/255 for Linf, 0:1.5:0.1 for L2]; read from the stored distances, never recomputed"))
@@ -515,13 +516,13 @@ def _check_attacks(c: SweepConfig, canon: dict) -> dict:
         raise ConfigError(f"bad chunk size {c.chunk_size!r}") from None
     if chunk <= 0:
         raise ConfigError("chunk size must be positive")
-    steps = _parse_min_norm_steps(c.min_norm_steps)
+    mn_params = _parse_min_norm_params(c.min_norm_params)
     try:
-        suite = suite.with_min_norm_steps(steps)
+        suite = suite.with_min_norm_params(mn_params)
     except ValueError as exc:
-        raise ConfigError(f"--min-norm-steps: {exc}") from None
-    if isinstance(steps, dict):  # canonical text, as it is written to config.yaml
-        steps = ",".join(f"{k}={v}" for k, v in sorted(steps.items()))
+        raise ConfigError(f"--min-norm-params: {exc}") from None
+    if mn_params:  # canonical text, as it is written to config.yaml
+        mn_params = ",".join(f"{a}.{k}={v}" for a, kv in sorted(mn_params.items()) for k, v in sorted(kv.items()))
     if suite.min_norm:
         if proto.name != "valid":
             raise ConfigError("minimum-norm attacks measure distances in pixel space: drop min-norm from --attacks "
@@ -534,32 +535,36 @@ def _check_attacks(c: SweepConfig, canon: dict) -> dict:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return {"attacks": suite.label, "suite": suite, "engine": engine, "batch_size": batch_size,
-            "chunk_size": chunk, "min_norm_steps": steps, "curve_eps": curve_eps}
+            "chunk_size": chunk, "min_norm_params": mn_params or None, "curve_eps": curve_eps}
 
 
-def _parse_min_norm_steps(spec):
-    """``--min-norm-steps``: ``N`` (every minimum-norm attack) or ``fmn=N,fab-mn=M`` -> int, dict or None."""
+def _parse_min_norm_params(spec) -> dict:
+    """``--min-norm-params``: ``N`` (steps of every minimum-norm attack), ``attack=N`` (its steps) or
+    ``attack.param=N``, comma/space separated -> ``{attack: {param: N}}`` ({} when not given). Which attacks
+    and parameters exist is checked against the suite (:meth:`AttackSuite.with_min_norm_params`)."""
     if spec is None:
-        return None
-    toks = _attacks.split_list(spec) if not isinstance(spec, int) else [str(spec)]
-    bad = ConfigError(f"bad --min-norm-steps {spec!r}: give a positive integer, or per attack e.g. fmn=10,fab-mn=2")
-    try:
-        if len(toks) == 1 and "=" not in toks[0]:
-            value = int(toks[0])
-            if value <= 0:
-                raise bad
-            return value
-        out = {}
-        for t in toks:
-            name, _, v = t.partition("=")
-            out[_attacks.get_attack(name).name] = int(v)
-            if out[_attacks.get_attack(name).name] <= 0:
-                raise bad
-        return out
-    except (ValueError, UnknownNameError) as exc:
-        if isinstance(exc, UnknownNameError):
-            raise ConfigError(f"--min-norm-steps: {exc}") from None
-        raise bad from None
+        return {}
+    toks = [str(spec)] if isinstance(spec, int) else _attacks.split_list(spec)
+    bad = ConfigError(f"bad --min-norm-params {spec!r}: give N, attack=N or attack.param=N, "
+                      "e.g. fmn=20,fab-mn=5 or fab-mn.candidates=2")
+    out: dict = {}
+    for t in toks:
+        name, eq, value = t.partition("=")
+        attack, _, param = name.partition(".")
+        try:
+            v = int(value if eq else name)
+        except ValueError:
+            raise bad from None
+        if not eq:  # a bare N: the steps of every minimum-norm attack
+            for a in _attacks.MIN_NORM_ATTACKS:
+                out.setdefault(a, {})["steps"] = v
+            continue
+        try:
+            spec_ = _attacks.get_attack(attack)
+        except UnknownNameError as exc:
+            raise ConfigError(f"--min-norm-params: {exc}") from None
+        out.setdefault(spec_.name, {})[param or "steps"] = v
+    return out
 
 
 def _check_execution(c: SweepConfig, canon: dict) -> dict:

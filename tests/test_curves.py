@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 BUNDLED = ["--model", "bundled/resnet18-cifar10", "--data", "bundled", "--subset", "first", "--device", "cpu",
            "--quiet", "--seeds", "0", "--batch-size", "8"]
 MIN_NORM = BUNDLED + ["--n-examples", "3", "--betas", "0.8", "--attacks", "min-norm",
-                      "--min-norm-steps", "fmn=6,fab-mn=2", "--curve-eps", "0:4/255:1/255"]
+                      "--min-norm-params", "fmn=6,fab-mn=2", "--curve-eps", "0:4/255:1/255"]
 
 
 def test_keys_of_existing_suites_are_unchanged():
@@ -144,7 +144,7 @@ def test_a_corrupted_distance_is_refused_and_not_stored(tmp_path, monkeypatch, c
 def both_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "both"
     args = BUNDLED + ["--n-examples", "3", "--betas", "0.8", "--attacks", "apgd-ce,min-norm", "--eps", "1/255",
-                      "--min-norm-steps", "fmn=6,fab-mn=2"]
+                      "--min-norm-params", "fmn=6,fab-mn=2"]
     assert main(["sweep", *args, "--out", str(out)]) == 0
     return out
 

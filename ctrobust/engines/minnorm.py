@@ -292,9 +292,10 @@ def fab_restart_keys(seed: int, ids: torch.Tensor, betas: torch.Tensor, restarts
     return torch.stack([rng.row_keys(seed, ids, betas, code, r) for r in range(int(restarts))], 1)
 
 
-def _closest_boundary(forward: Forward, xi: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, p: str
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Linearize every ``z_k - z_y`` (k != y) at ``xi`` and keep the one with the closest hyperplane.
+def _closest_boundary(forward: Forward, xi: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, p: str,
+                      candidates: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Linearize every ``z_k - z_y`` (k != y) at ``xi`` and keep the one with the closest hyperplane
+    (``candidates > 0``: only the classes with the ``candidates`` largest logits, one backward pass each).
 
     One forward pass and K - 1 backward passes; the closest is ``argmin_k |f_k| / ||grad f_k||_dual``
     (first k on ties), computed while streaming over k so that only one gradient per row is kept.
@@ -312,10 +313,16 @@ def _closest_boundary(forward: Forward, xi: torch.Tensor, rows: torch.Tensor, y:
         logits = forward(xr, rows)
         k = logits.shape[1]
         zy = logits[u, y]
-        for j in range(k - 1):
-            other = j + (j >= y).to(torch.int64)  # the j-th class other than y, in increasing order
+        m = k - 1 if not candidates else min(int(candidates), k - 1)
+        if m < k - 1:  # only the m classes with the largest logits other than y, largest first
+            masked = logits.detach().clone()
+            masked[u, y] = -math.inf
+            top = torch.sort(masked, dim=1, descending=True, stable=True)[1][:, :m]
+        for j in range(m):
+            # the j-th candidate: the j-th class other than y (all of them), or the j-th largest logit
+            other = top[:, j] if m < k - 1 else j + (j >= y).to(torch.int64)
             f = logits[u, other] - zy
-            (g,) = torch.autograd.grad(f.sum(), [xr], retain_graph=j < k - 2)
+            (g,) = torch.autograd.grad(f.sum(), [xr], retain_graph=j < m - 1)
             gf = g.detach().reshape(b, -1).double()
             ratio = f.detach().double().abs() / _dual_norm(gf, p).clamp_min(1e-12)
             closer = ratio < best_ratio
@@ -358,7 +365,7 @@ def _fab_update(xi: torch.Tensor, x0: torch.Tensor, f: torch.Tensor, w: torch.Te
 
 def fab_min_norm(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, norm: str, steps: int = 100,
                  restarts: int = 1, keys: torch.Tensor | None = None, eps_init: float | None = None,
-                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9) -> MinNormResult:
+                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, candidates: int = 0) -> MinNormResult:
     """Untargeted FAB minimizing the norm (Croce & Hein, ICML 2020), Linf or L2.
 
     One iteration per row, at the current point ``x1`` (restart 0 starts at ``x``):
@@ -385,6 +392,9 @@ def fab_min_norm(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, norm: st
             (random starts are a function of the row, never of the batch or a global generator).
         eps_init: largest radius of a random start; default 0.3 (Linf) or 1.0 (L2), adversarial-library's.
         alpha_max, eta, beta: FAB's bias bound, extrapolation and backward step (paper: 0.1, 1.05, 0.9).
+        candidates: 0 (default, the paper's FAB): linearize all K - 1 other classes every step; ``m > 0``: only
+            the m classes with the largest logits at the current point (m backward passes instead of K - 1; a
+            cheaper estimate for a quick look, e.g. the offline demo).
 
     Returns:
         :class:`MinNormResult` with ``found_by`` in ``{"", "clean", "fab"}``. Distances are the attack's
@@ -420,9 +430,10 @@ def fab_min_norm(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, norm: st
             radius = torch.clamp(best[act], max=eps_init) / 2
             xi = torch.clamp(x0 + t * _bview(radius / _norm(t, p).clamp_min(1e-12), t), 0.0, 1.0).to(x.dtype)
         for it in range(steps):
-            logits, f, w = _closest_boundary(forward, xi, act, yi, p)
+            logits, f, w = _closest_boundary(forward, xi, act, yi, p, candidates)
             res.forward_passes[act] += 1
-            res.backward_passes[act] += logits.shape[1] - 1
+            k1 = logits.shape[1] - 1
+            res.backward_passes[act] += min(int(candidates), k1) if candidates else k1
             if r == 0 and it == 0:
                 clean_adv = logits.argmax(1) != yi
                 if bool(clean_adv.any()):
@@ -466,7 +477,7 @@ def _resolve(attack) -> tuple[str, Callable]:
 
 def min_norm(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, norm: str,
              attacks: Sequence = ("fmn", "fab"), params: dict | None = None, seed: int,
-             ids: torch.Tensor, betas: torch.Tensor) -> MinNormResult:
+             ids: torch.Tensor, betas: torch.Tensor, clean_correct: torch.Tensor | None = None) -> MinNormResult:
     """Run minimum-norm attacks and keep per row the smallest verified distance.
 
     One clean forward pass finds the rows misclassified without attack (distance 0, ``"clean"``); the
@@ -487,6 +498,8 @@ def min_norm(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, norm: str,
             ``{"fmn": {"steps": 100}, "fab": {"steps": 100, "restarts": 2}}`` (FAB's keys are built here).
         seed: the run seed (FAB's random restarts).
         ids: int64 ``(N,)`` example ids; betas: float ``(N,)`` CT betas (both only key random draws).
+        clean_correct: bool ``(N,)`` if the caller already evaluated the clean images with the same ``forward``
+            (the engine's clean check): the clean forward pass is then not repeated.
 
     Returns:
         :class:`MinNormResult`; ``found_by`` in ``{"", "clean"} | set(attacks)``; every finite distance is
@@ -514,9 +527,12 @@ def min_norm(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, norm: str,
     ids = ids.to(dev)
     betas = betas.to(dev)
     all_rows = torch.arange(n, device=dev)
-    with torch.no_grad():
-        clean_adv = forward(x, all_rows).argmax(1) != y
-    res.forward_passes += 1
+    if clean_correct is None:
+        with torch.no_grad():
+            clean_adv = forward(x, all_rows).argmax(1) != y
+        res.forward_passes += 1
+    else:
+        clean_adv = ~clean_correct.to(device=dev, dtype=torch.bool)
     res.distance[clean_adv] = 0.0
     res.found_by[clean_adv.cpu().numpy()] = "clean"
     rest = (~clean_adv).nonzero().squeeze(1)

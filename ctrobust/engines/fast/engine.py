@@ -403,8 +403,9 @@ class FastEngine:
             def forward(xb: torch.Tensor, r: torch.Tensor, rows=rows) -> torch.Tensor:
                 return caller.forward(xb, rows[r])
 
+            clean = torch.as_tensor(out.clean_correct[start:start + rows.shape[0]])
             res = min_norm(forward, ctx.x[rows], ctx.y[rows], norm=ctx.norm, attacks=attacks, params=params,
-                           seed=ctx.seed, ids=ctx.ids[rows], betas=ctx.betas[rows])
+                           seed=ctx.seed, ids=ctx.ids[rows], betas=ctx.betas[rows], clean_correct=clean)
             # the caller counted every forward; the backward sweeps are the attacks' own count
             caller.row_backwards.index_add_(0, rows, res.backward_passes.to(dev))
             caller.backward_rows += int(res.backward_passes.sum())
