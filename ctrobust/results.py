@@ -100,6 +100,8 @@ def result_rows(run: RunDir, outcomes: dict, metas: list[dict], coverage) -> lis
             row["protocol"] = cfg.protocol
             row["threat_note"] = get_protocol(cfg.protocol).note
             row["pixel_linf_max"] = float(outcomes["pixel_linf"][m].max())
+            if "pixel_l2" in outcomes:  # NaN for units written before it was recorded
+                row["pixel_l2_max"] = float(np.max(outcomes["pixel_l2"][m]))
             row["in_ball_frac"] = float(outcomes["in_ball"][m].mean())
             peaks = [u["peak_mem_mb"] for u in um if u.get("peak_mem_mb") is not None]
             row["peak_mem_mb"] = round(max(peaks), 1) if peaks else ""

@@ -52,10 +52,10 @@ __all__ = ["RunMismatchError", "RunDir", "PlanEntry", "Failure", "RunStatus", "p
            "RunReader", "RunConfig", "load_sweep_config", "diff_settings"]
 
 OUTCOME_FIELDS = ("id", "label", "beta", "seed", "clean_correct", "robust", "broken_by", "grad_zero",
-                  "grad_nonfinite", "transfer_broken", "pixel_linf", "in_ball", "min_norm", "min_norm_by")
+                  "grad_nonfinite", "transfer_broken", "pixel_linf", "in_ball", "min_norm", "min_norm_by", "pixel_l2")
 
 #: what a unit without a measurement holds in its column (minimum-norm distances not measured: NaN)
-_MISSING = {"min_norm": (np.float32, np.nan), "min_norm_by": ("<U1", "")}
+_MISSING = {"min_norm": (np.float32, np.nan), "min_norm_by": ("<U1", ""), "pixel_l2": (np.float32, np.nan)}
 
 class RunMismatchError(ConfigError):
     """The run dir was created with different settings (bad input: exit code 2, run dir untouched)."""

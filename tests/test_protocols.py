@@ -21,6 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MEAN = (0.491, 0.482, 0.447)  # the CT reference code's CIFAR-10 normalization
 STD = (0.247, 0.244, 0.262)
 EPS = 2 / 255                 # in normalized units, as the reference passes it
+L2_EPS = 0.25                 # likewise (the paper's 0.5 breaks every point of this tiny CNN)
 BETAS = (1.0, 0.9, 0.8)
 SEED = 42
 
@@ -66,14 +67,24 @@ def trained(tmp_path_factory):
     return net, ev, z, f"{factory}:make"
 
 
-@pytest.fixture(scope="module")
-def reference_run(trained, tmp_path_factory):
-    _, _, _, spec = trained
-    out = tmp_path_factory.mktemp("runs") / "ref"
+def _reference_sweep(spec: str, out, threat: str, eps: str) -> None:
     argv = ["sweep", "--model", spec, "--dataset", "cifar10", "--data", "bundled", "--subset", "first",
-            "--n-examples", "20", "--betas", "0.8,0.9", "--seeds", str(SEED), "--eps", "2/255",
+            "--n-examples", "20", "--betas", "0.8,0.9", "--seeds", str(SEED), "--threat", threat, "--eps", eps,
             "--protocol", "reference", "--batch-size", "1000", "--device", "cpu", "--quiet", "--out", str(out)]
     assert main(argv) == 0
+
+
+@pytest.fixture(scope="module")
+def reference_run(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "ref"
+    _reference_sweep(trained[3], out, "Linf", "2/255")
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_run_l2(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "ref-l2"
+    _reference_sweep(trained[3], out, "L2", str(L2_EPS))
     return out
 
 
@@ -89,7 +100,7 @@ class _IndependentCT(nn.Module):
         return self.c * torch.sigmoid(self.beta * x / d) * x + (1 - self.c) * d * F.softplus(x / d)
 
 
-def _independent_flags(net: nn.Module, z, y, beta: float) -> np.ndarray:
+def _independent_flags(net: nn.Module, z, y, beta: float, norm: str = "Linf", eps: float = EPS) -> np.ndarray:
     """pyautoattack's standard AutoAttack on normalized inputs, its model without normalization, CT on
     the nn.ReLU modules only: what the CT reference code's robustness.py computes."""
     import copy
@@ -102,7 +113,7 @@ def _independent_flags(net: nn.Module, z, y, beta: float) -> np.ndarray:
             if isinstance(mod, nn.ReLU):
                 setattr(model, name, _IndependentCT(beta))
     model.eval()
-    aa = AutoAttack(model, norm="Linf", eps=EPS, seed=SEED, device="cpu", version="standard")
+    aa = AutoAttack(model, norm=norm, eps=eps, seed=SEED, device="cpu", version="standard")
     aa.verbose = False
     x_adv, y_adv = aa.run_standard_evaluation(z, y, batch_size=1000)
     return (y_adv.cpu() == y).numpy()
@@ -119,6 +130,45 @@ def test_reference_protocol_flags_equal_an_independent_pyautoattack_run(trained,
         assert np.array_equal(ours, theirs), f"beta={beta}: ours {ours.astype(int)} vs pyautoattack {theirs.astype(int)}"
     # not a vacuous comparison: some points are broken and some survive somewhere on the grid
     assert o["robust"].any() and (~o["robust"] & o["clean_correct"]).any()
+
+
+def test_l2_reference_protocol_flags_equal_an_independent_pyautoattack_l2_run(trained, reference_run_l2):
+    net, ev, z, _ = trained
+    o = load_outcomes(reference_run_l2)
+    assert set(np.unique(o["beta"])) == set(BETAS)
+    for beta in BETAS:
+        m = o["beta"] == beta
+        ours = o["robust"][m][np.argsort(o["id"][m])]
+        theirs = _independent_flags(net, z, ev.y, beta, norm="L2", eps=L2_EPS)
+        assert np.array_equal(ours, theirs), f"beta={beta}: ours {ours.astype(int)} vs pyautoattack {theirs.astype(int)}"
+    assert o["robust"].any() and (~o["robust"] & o["clean_correct"]).any()
+
+
+def test_l2_reference_run_records_the_pixel_space_l2_perturbation_it_applied(trained, reference_run_l2):
+    _, ev, _, _ = trained
+    o = load_outcomes(reference_run_l2)
+    broken = o["clean_correct"] & ~o["robust"]
+    assert broken.any()
+    # analytic: a broken point has every pixel in [mean, mean + std] (the clamp in normalized space), so its
+    # pixel-space L2 distance is at least the L2 norm of each pixel's distance to that interval
+    m, s = np.array(MEAN).reshape(3, 1, 1), np.array(STD).reshape(3, 1, 1)
+    x = ev.x.numpy()
+    gap = np.maximum(m - x, 0) + np.maximum(x - (m + s), 0)
+    lower = np.sqrt((gap.reshape(len(x), -1) ** 2).sum(1))
+    by_id = {int(i): k for k, i in enumerate(ev.ids.numpy())}
+    rows = np.flatnonzero(broken)
+    for r in rows:
+        assert o["pixel_l2"][r] >= lower[by_id[int(o["id"][r])]] - 1e-4
+        assert o["pixel_l2"][r] >= o["pixel_linf"][r] - 1e-6  # ||d||_2 >= ||d||_inf
+    moved = [r for r in rows if lower[by_id[int(o["id"][r])]] > L2_EPS + 1e-3]
+    assert moved, "no broken point had pixels the clamp must move beyond the L2 ball"
+    # in_ball follows the threat's norm: these points are outside the pixel-space L2 ball
+    assert not o["in_ball"][moved].any()
+    assert (o["pixel_l2"][~broken] == 0).all() and o["in_ball"][~broken].all()
+    rows_ = load_results(reference_run_l2)
+    for r in rows_:
+        sel = o["beta"] == r["beta"]
+        assert r["pixel_l2_max"] == pytest.approx(float(o["pixel_l2"][sel].max()), rel=1e-6)
 
 
 def test_reference_run_records_pixel_perturbations_beyond_eps_where_the_clamp_moved_pixels(trained, reference_run):
