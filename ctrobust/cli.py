@@ -44,8 +44,10 @@ REPRODUCE_EXAMPLES = """\
 examples:
   # the paper's ResNet-50 row on a GPU machine (weights and data placed as the error message says)
   ctrobust reproduce ct-paper --model resnet50 --out runs/paper-r50
-  # CIFAR-10 only, the reference protocol only
-  ctrobust reproduce ct-paper --model resnet18 --datasets cifar10 --protocols reference
+  # CIFAR-10 only, Linf only, the reference protocol only
+  ctrobust reproduce ct-paper --model resnet18 --datasets cifar10 --threats Linf --protocols reference
+  # the three threats of the paper (the default): Linf, L2 and common corruptions (CIFAR-10-C)
+  ctrobust reproduce ct-paper --model resnet18 --datasets cifar10 --threats Linf,L2,corruptions
   # a tiny offline version (bundled images; a checkpoint in <model-dir>/ct-paper/)
   ctrobust reproduce ct-paper --model resnet18 --datasets cifar10 --data bundled --n-examples 20 \\
       --seeds 42 --betas 0.9 --attacks apgd-ce --model-dir ckpts --out runs/tiny-study
@@ -173,9 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--model", default="resnet50", help="resnet18 | resnet50 | resnet152 [resnet50]")
     rp.add_argument("--datasets", nargs="+", default=["cifar10,cifar100,imagenet"],
                     help="comma/space list [cifar10,cifar100,imagenet]")
-    rp.add_argument("--threat", default="Linf", help="Linf | L2 [Linf]")
+    rp.add_argument("--threats", "--threat", dest="threats", nargs="+", default=["Linf,L2,corruptions"],
+                    help="comma/space list of Linf | L2 | corruptions [all three, as the paper]; --threat is the "
+                         "same option (one threat)")
     rp.add_argument("--protocols", nargs="+", default=["reference,valid"], help="reference,valid [both]")
-    rp.add_argument("--out", help="study directory [runs/reproduce-<study>-<model>-<threat>]")
+    rp.add_argument("--out", help="study directory [runs/reproduce-<study>-<model>-<threats joined by ->]")
     add_config_options(rp, study=True)
     return p
 
@@ -354,11 +358,12 @@ def _cmd_status(a) -> int:
 
 def _cmd_reproduce(a) -> int:
     from ctrobust.config import SweepConfig
-    from ctrobust.study import run_study, spec_from_options
+    from ctrobust.study import parse_threats, run_study, spec_from_options
 
-    out = a.out or f"runs/reproduce-{a.study}-{str(a.model).lower()}-{a.threat}"
+    threats = parse_threats(a.threats)
+    out = a.out or f"runs/reproduce-{a.study}-{str(a.model).lower()}-{'-'.join(threats)}"
     opts = {k: getattr(a, k, None) for k in SweepConfig.study_fields()}
-    spec = spec_from_options(a.study, model=a.model, datasets=a.datasets, threat=a.threat, protocols=a.protocols,
+    spec = spec_from_options(a.study, model=a.model, datasets=a.datasets, threats=threats, protocols=a.protocols,
                              out=out, **opts)
     res = run_study(spec)
     print(f"ran {res.units_run} unit(s), {res.units_skipped} already done")

@@ -412,8 +412,9 @@ _CELL_STYLE = {"reference": "#c44e52", "pixel": "#dd8452", "valid": "#4c72b0"}
 
 
 def plot_study(report, out_dir, *, name: str = "study", formats=("png", "pdf")) -> list[Path]:
-    """The study figure: clean (dashed) and robust (solid) accuracy against beta, one panel per dataset,
-    one colour per cell (reference protocol, pixel-space threat, valid protocol).
+    """The study figure: clean (dashed) and robust (solid) accuracy against beta, one panel per threat (row)
+    and dataset (column), one colour per cell (reference protocol, pixel-space threat, valid protocol).
+    Corruptions panels show the accuracy on corrupted images (mean over the (corruption, severity) pairs).
 
     Args:
         report: a :class:`ctrobust.report.study.StudyReport`.
@@ -427,21 +428,29 @@ def plot_study(report, out_dir, *, name: str = "study", formats=("png", "pdf")) 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     datasets = list(report.datasets)
-    fig, axes = plt.subplots(1, len(datasets), figsize=(max(8.0, 5.2 * len(datasets)), 4.8), squeeze=False)
-    for ax, d in zip(axes[0], datasets):
-        for c in (c for c in report.cells if c.dataset == d):
-            b = np.array([p.beta for p in c.curve])
-            color = _CELL_STYLE.get(c.cell, None)
-            label = c.cell + (" (NOT the stated eps-ball)" if c.note else "")
-            ax.plot(b, [p.robust_pct for p in c.curve], "-o", ms=3, color=color, label=f"robust, {label}")
-            ax.plot(b, [p.clean_pct for p in c.curve], "--", color=color, alpha=0.7, label=f"clean, {c.cell}")
-        ax.set_title(d, fontsize=10)
-        ax.set_xlabel(r"CT $\beta$ (1 = original network)")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, loc="best")
-    title = f"Curvature Tuning, the paper's robustness table: {report.model}, {report.threat}"
+    threats = list(getattr(report, "threats", ()) or (report.threat,))
+    fig, axes = plt.subplots(len(threats), len(datasets), figsize=(max(8.0, 5.2 * len(datasets)),
+                                                                     0.6 + 4.2 * len(threats)), squeeze=False)
+    for row, t in zip(axes, threats):
+        for ax, d in zip(row, datasets):
+            cells = [c for c in report.cells if c.dataset == d and getattr(c, "threat", t) == t]
+            for c in cells:
+                b = np.array([p.beta for p in c.curve])
+                color = _CELL_STYLE.get(c.cell, None)
+                label = c.cell + (" (NOT the stated eps-ball)" if c.note else "")
+                what = "corrupted" if t == "corruptions" else "robust"
+                ax.plot(b, [p.robust_pct for p in c.curve], "-o", ms=3, color=color, label=f"{what}, {label}")
+                if t != "corruptions":  # on corrupted images, clean and robust are the same flag
+                    ax.plot(b, [p.clean_pct for p in c.curve], "--", color=color, alpha=0.7,
+                            label=f"clean, {c.cell}")
+            ax.set_title(f"{t}: {d}" + ("" if cells else " (not run)"), fontsize=10)
+            ax.set_xlabel(r"CT $\beta$ (1 = original network)")
+            ax.set_ylabel("accuracy (%)")
+            ax.set_ylim(-2, 102)
+            ax.grid(alpha=0.3)
+            if cells:
+                ax.legend(fontsize=6.5, loc="best")
+    title = f"Curvature Tuning, the paper's robustness table: {report.model}, {', '.join(threats)}"
     if any(c.note for c in report.cells):
         title += "\nreference = normalized-space attack with a [0, 1] clamp there: NOT the stated eps-ball"
     fig.suptitle(title, fontsize=10)

@@ -1,16 +1,30 @@
 """Studies: several sweeps with one purpose, in one study dir, resumable like a sweep.
 
-``ctrobust reproduce ct-paper --model resnet50`` plans one run per (dataset, cell) with the paper's
+``ctrobust reproduce ct-paper --model resnet50`` plans one run per (threat, dataset, cell) with the paper's
 settings (:data:`CT_PAPER`), checks that every weight file and dataset is there before any work (all
 missing inputs are listed at once), runs each cell with :func:`ctrobust.sweep.run_sweep` (any executor),
 and writes the study report (:mod:`ctrobust.report.study`) and figure.
 
+Threats (the paper's three, ``compare_robustness_results.py``'s ``threat_list``):
+
+* ``Linf`` (eps 8/255) and ``L2`` (eps 0.5), AutoAttack standard, the same eps on every dataset: cells
+  ``reference`` (normalized-space attack with the [0, 1] clamp there, CT on ``nn.ReLU`` modules),
+  ``pixel`` (the valid threat model, the same CT scope) and ``valid`` (full CT scope);
+* ``corruptions``: accuracy on CIFAR-10-C / CIFAR-100-C / ImageNet-C, 15 corruptions x severities 1-5,
+  ``n_examples`` per pair, no attack (RobustBench's ``corruptions_evaluation``): cells ``reference`` (CT on
+  ``nn.ReLU`` modules only, as the reference code) and ``valid`` (full CT scope). There is no normalized-space
+  cell: nothing is attacked.
+
 Study dir::
 
-    study.yaml                  what was asked (checked on re-runs: another study is refused)
-    runs/<dataset>-<cell>/      one ordinary run dir per cell (resumable, inspectable with every command)
-    report.md, report.json      the study report
-    figures/study.png, .pdf     clean and robust accuracy against beta, one panel per dataset
+    study.yaml                          what was asked (checked on re-runs: another study is refused)
+    runs/<threat>-<dataset>-<cell>/     one ordinary run dir per cell (resumable, inspectable with every command)
+    report.md, report.json              the study report
+    figures/study.png, .pdf             clean and robust accuracy against beta, one panel per threat and dataset
+
+A study of one adversarial threat alone (``--threats Linf`` or ``--threats L2``) keeps the layout studies had
+before there were several threats, ``runs/<dataset>-<cell>/`` and ``threat: <name>`` in ``study.yaml``, so
+that a study dir made then resumes unchanged.
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ from ctrobust.config import PAPER_BETAS, SweepConfig
 from ctrobust.errors import ConfigError
 
 __all__ = ["StudyInputError", "StudySpec", "StudyCell", "CT_PAPER", "plan_study", "preflight", "run_study",
-           "STUDIES"]
+           "STUDIES", "THREATS", "parse_threats", "legacy_layout"]
 
 
 class StudyInputError(ConfigError):
@@ -45,8 +59,10 @@ class PaperSettings:
     seeds: tuple = (42, 43, 44)
     n_examples: int = 1000                   # CIFAR: n / classes of each class; ImageNet: the first 1000
     coeff: float = 0.5                       # sigmoid(raw_coeff = 0)
-    # THREAT_TO_EPS in robustness.py: the same eps on every dataset (ImageNet included), in normalized units
-    eps: dict = field(default_factory=lambda: {"Linf": "8/255", "L2": "0.5"})
+    # THREAT_TO_EPS in robustness.py: the same eps on every dataset (ImageNet included), in normalized units;
+    # corruptions: None (no attack)
+    eps: dict = field(default_factory=lambda: {"Linf": "8/255", "L2": "0.5", "corruptions": None})
+    threats: tuple = ("Linf", "L2", "corruptions")   # compare_robustness_results.py's threat_list
 
 
 CT_PAPER = PaperSettings()
@@ -58,33 +74,84 @@ def paper_model(model: str, dataset: str) -> str:
     return f"torchvision/{model}" if dataset == "imagenet" else f"ct-paper/{model}"
 
 
+#: the threats a study knows, canonical spelling; ``corruptions`` has no eps and no attack
+THREATS = ("Linf", "L2", "corruptions")
+#: the threats whose cells are attacked (AutoAttack at the paper's eps)
+ADVERSARIAL = ("Linf", "L2")
+
+
+def parse_threats(spec) -> list[str]:
+    """Canonical threat names from ``"Linf,L2,corruptions"`` (a string or a list; case-insensitive), in the
+    paper's order. Raises ``UnknownNameError`` ("did you mean") or ``ConfigError`` (none, or twice)."""
+    from ctrobust.attacks import split_list
+
+    names = split_list(spec)
+    if not names:
+        raise ConfigError("a study needs at least one threat: Linf, L2 or corruptions")
+    lower = {t.lower(): t for t in THREATS}
+    out = []
+    for n in names:
+        if n.lower() not in lower:
+            raise did_you_mean("threat", n, THREATS)
+        canon = lower[n.lower()]
+        if canon in out:
+            raise ConfigError(f"threat {canon} given more than once")
+        out.append(canon)
+    return [t for t in THREATS if t in out]
+
+
+def legacy_layout(threats) -> bool:
+    """True for a study of one adversarial threat alone: ``runs/<dataset>-<cell>`` and ``threat:`` in
+    ``study.yaml``, as studies were written before a study held several threats (so they resume)."""
+    threats = list(threats)
+    return len(threats) == 1 and threats[0] in ADVERSARIAL
+
+
 @dataclass
 class StudyCell:
-    """One run of a study: a dataset, a cell (``reference`` / ``pixel`` / ``valid``) and its config."""
+    """One run of a study: a threat, a dataset, a cell (``reference`` / ``pixel`` / ``valid``) and its config."""
 
     dataset: str
     cell: str
     cfg: SweepConfig
+    threat: str = "Linf"
+    legacy: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}-{self.cell}"
+        return f"{self.dataset}-{self.cell}" if self.legacy else f"{self.threat}-{self.dataset}-{self.cell}"
 
 
 @dataclass
 class StudySpec:
-    """What a user asked for (``study.yaml``); ``options`` are sweep options applied to every cell."""
+    """What a user asked for (``study.yaml``); ``options`` are sweep options applied to every cell.
+
+    ``threats`` is a list (``["Linf", "L2", "corruptions"]``); a string is read as a comma list.
+    """
 
     study: str
     model: str
     datasets: list
-    threat: str
+    threats: list
     protocols: list
     out: str
     options: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        if isinstance(self.threats, str):
+            from ctrobust.attacks import split_list
+
+            self.threats = split_list(self.threats)
+
+    @property
+    def threat(self) -> str:
+        """The threats as one label (``Linf`` or ``Linf,L2,corruptions``)."""
+        return ",".join(self.threats)
+
     def asked(self) -> dict:
-        return {"study": self.study, "model": self.model, "datasets": list(self.datasets), "threat": self.threat,
+        threats = list(self.threats)
+        which = {"threat": threats[0]} if legacy_layout(threats) else {"threats": threats}
+        return {"study": self.study, "model": self.model, "datasets": list(self.datasets), **which,
                 "protocols": list(self.protocols),
                 "options": {k: v for k, v in sorted(self.options.items()) if v is not None}}
 
@@ -93,15 +160,49 @@ class StudySpec:
 STUDY_OPTIONS = SweepConfig.study_fields()
 
 
-def _cells_for(protocols) -> list[str]:
+def _cells_for(protocols, threat: str = "Linf") -> list[str]:
     cells = []
     if "reference" in protocols:
         cells.append("reference")
     if "valid" in protocols:
-        if "reference" in protocols:
+        if "reference" in protocols and threat in ADVERSARIAL:
             cells.append("pixel")  # the decomposition's middle step: valid threat, the reference's CT scope
         cells.append("valid")
     return cells
+
+
+#: study options that mean nothing without an attack: not passed to a corruptions cell
+_ATTACK_OPTIONS = ("attacks", "engine", "data", "subset")
+
+
+def _cell_config(paper, model: str, threat: str, d: str, cell: str, opts: dict, run_dir: Path) -> SweepConfig:
+    """The validated config of one cell: the paper's settings, the user's options, the cell's protocol."""
+    if threat == "corruptions":
+        # RobustBench's corruptions_evaluation: the first n_examples of each (corruption, severity) block,
+        # no attack, so the protocol is always valid and the cells differ by CT scope alone
+        base = {"model": paper_model(model, d), "dataset": d, "threat": "corruptions", "corruptions": "all",
+                "severities": "all", "betas": paper.betas, "coeff": paper.coeff, "seeds": list(paper.seeds),
+                "n_examples": paper.n_examples, "out": str(run_dir)}
+        base.update({k: v for k, v in opts.items() if k not in _ATTACK_OPTIONS})
+        base.update(protocol="valid", ct_scope="modules" if cell == "reference" else "all")
+    else:
+        data = str(opts.get("data", "full")).lower()
+        # the bundled images (foolbox's first 20) do not hold every class: they cannot be class-balanced
+        subset = "balanced" if d != "imagenet" and data == "full" else "first"
+        base = {"model": paper_model(model, d), "dataset": d, "threat": threat,
+                "eps": paper.eps[threat], "betas": paper.betas, "coeff": paper.coeff,
+                "seeds": list(paper.seeds), "n_examples": paper.n_examples, "subset": subset,
+                "attacks": "standard", "out": str(run_dir)}
+        base.update(opts)
+        if cell == "reference":
+            # the protocol fixes the engine, the CT scope, the reference's batch size (for "auto") and
+            # the single chunk (SweepConfig.validate): the study only names it
+            base["protocol"] = "reference"
+            for fixed in ("engine", "ct_scope", "chunk_size"):
+                base.pop(fixed, None)
+        else:
+            base.update(protocol="valid", ct_scope="modules" if cell == "pixel" else "all")
+    return SweepConfig.from_dict(base, source=f"study cell {threat}-{d}-{cell}").validate()
 
 
 def plan_study(spec: StudySpec) -> list[StudyCell]:
@@ -113,10 +214,9 @@ def plan_study(spec: StudySpec) -> list[StudyCell]:
         raise did_you_mean(f"{spec.study} model", spec.model, paper.models)
     from ctrobust.data import parse_dataset
     from ctrobust.protocols import get_protocol
-    from ctrobust.threat import Threat
 
     datasets = [parse_dataset(d) for d in spec.datasets]
-    threat = Threat.parse(spec.threat).value
+    threats = parse_threats(spec.threats)
     protocols = [get_protocol(p).name for p in spec.protocols]
     if not datasets or not protocols:
         raise ConfigError("a study needs at least one dataset and one protocol")
@@ -125,26 +225,14 @@ def plan_study(spec: StudySpec) -> list[StudyCell]:
     if unknown:
         raise ConfigError(str(did_you_mean("study option", sorted(unknown)[0], STUDY_OPTIONS)))
     out = Path(spec.out)
+    legacy = legacy_layout(threats)
     cells = []
-    for d in datasets:
-        data = str(opts.get("data", "full")).lower()
-        # the bundled images (foolbox's first 20) do not hold every class: they cannot be class-balanced
-        subset = "balanced" if d != "imagenet" and data == "full" else "first"
-        for cell in _cells_for(protocols):
-            base = {"model": paper_model(spec.model, d), "dataset": d, "threat": threat,
-                    "eps": paper.eps[threat], "betas": paper.betas, "coeff": paper.coeff,
-                    "seeds": list(paper.seeds), "n_examples": paper.n_examples, "subset": subset,
-                    "attacks": "standard", "out": str(out / "runs" / f"{d}-{cell}")}
-            base.update(opts)
-            if cell == "reference":
-                # the protocol fixes the engine, the CT scope, the reference's batch size (for "auto") and
-                # the single chunk (SweepConfig.validate): the study only names it
-                base["protocol"] = "reference"
-                for fixed in ("engine", "ct_scope", "chunk_size"):
-                    base.pop(fixed, None)
-            else:
-                base.update(protocol="valid", ct_scope="modules" if cell == "pixel" else "all")
-            cells.append(StudyCell(d, cell, SweepConfig.from_dict(base, source=f"study cell {d}-{cell}").validate()))
+    for threat in threats:
+        for d in datasets:
+            for cell in _cells_for(protocols, threat):
+                c = StudyCell(d, cell, None, threat, legacy)
+                c.cfg = _cell_config(paper, spec.model, threat, d, cell, opts, out / "runs" / c.name)
+                cells.append(c)
     return cells
 
 
@@ -160,10 +248,15 @@ def preflight(cells: list[StudyCell]) -> list[str]:
         if mkey not in seen:
             seen.add(mkey)
             try:
-                load_model(cfg.model, dataset=cfg.dataset, threat=cfg.threat, model_dir=cfg.model_dir,
+                # the paper's models do not depend on the threat (RobustBench's leaderboard names would)
+                threat = cfg.threat if cfg.threat in ADVERSARIAL else "Linf"
+                load_model(cfg.model, dataset=cfg.dataset, threat=threat, model_dir=cfg.model_dir,
                            device="cpu", **({"checkpoint": cfg.checkpoint} if getattr(cfg, "checkpoint", None) else {}))
             except (ModelUnavailableError, ModelLoadError, ConfigError) as exc:
                 problems.append(f"{c.dataset}: model {cfg.model}: {str(exc).splitlines()[0]}")
+        if c.threat == "corruptions":
+            problems += _missing_corruption_data(c, seen)
+            continue
         dkey = (cfg.dataset, cfg.data, cfg.data_dir, cfg.n_examples, cfg.subset)
         if dkey not in seen:
             seen.add(dkey)
@@ -172,6 +265,24 @@ def preflight(cells: list[StudyCell]) -> list[str]:
             except (DataUnavailableError, ConfigError, ValueError) as exc:
                 problems.append(f"{c.dataset}: data: {str(exc).splitlines()[0]}")
     return problems
+
+
+def _missing_corruption_data(c: StudyCell, seen: set) -> list[str]:
+    """One line per missing CIFAR-C file / ImageNet-C folder of a corruptions cell, with its source."""
+    from ctrobust.corruptions import missing_corruption_files
+
+    cfg = c.cfg
+    corruptions, severities = getattr(cfg, "corruptions", "all"), getattr(cfg, "severities", "all")
+    key = ("corruptions", cfg.dataset, cfg.data_dir, str(corruptions), str(severities), cfg.n_examples)
+    if key in seen:
+        return []
+    seen.add(key)
+    try:
+        missing = missing_corruption_files(cfg.dataset, corruptions, severities, cfg.data_dir,
+                                           n_examples=cfg.n_examples)
+    except (ConfigError, ValueError) as exc:
+        return [f"{c.dataset}: corruptions data: {str(exc).splitlines()[0]}"]
+    return [f"{c.dataset}: corruptions data: {m.path}  <- {m.source}" for m in missing]
 
 
 @dataclass
@@ -232,7 +343,8 @@ def write_study_report(spec: StudySpec, cells: list[StudyCell]) -> Path:
     """Summarize every cell's stored results into ``report.md`` / ``report.json`` and draw the figure."""
     from ctrobust.plots import plot_study
     from ctrobust.report.run import summarize_run
-    from ctrobust.report.study import build_study_report, render_study_json, render_study_markdown, summarize_cell
+    from ctrobust.report.study import (build_study_report, corruption_heldout, render_study_json,
+                                       render_study_markdown, summarize_cell)
     from ctrobust.store import atomic_write_text, load_outcomes, load_config
 
     out = Path(spec.out)
@@ -241,20 +353,24 @@ def write_study_report(spec: StudySpec, cells: list[StudyCell]) -> Path:
         run_dir = Path(c.cfg.run_dir)
         outcomes = load_outcomes(run_dir)
         config = load_config(run_dir)
-        summ = summarize_run(outcomes, config, select_on="half")
+        if "corruption" in outcomes:  # one row per (image, corruption, severity): its own held-out split
+            heldout = corruption_heldout(outcomes)
+        else:
+            heldout = summarize_run(outcomes, config, select_on="half").heldout
         results.append(summarize_cell(c.dataset, c.cell, str(run_dir.relative_to(out)), outcomes, config,
-                                      heldout=summ.heldout))
-    rep = build_study_report(spec.study, spec.model, cells[0].cfg.threat, results)
+                                      heldout=heldout, threat=c.threat))
+    rep = build_study_report(spec.study, spec.model, parse_threats(spec.threats), results)
     atomic_write_text(out / "report.md", render_study_markdown(rep))
     atomic_write_text(out / "report.json", render_study_json(rep) + "\n")
     plot_study(rep, out / "figures")
     return out / "report.md"
 
 
-def spec_from_options(study: str, *, model: str, datasets, threat: str, protocols, out, **options) -> StudySpec:
-    """A :class:`StudySpec` from CLI-style values (lists as comma/space strings or lists)."""
+def spec_from_options(study: str, *, model: str, datasets, threats, protocols, out, **options) -> StudySpec:
+    """A :class:`StudySpec` from CLI-style values (lists as comma/space strings or lists; threats
+    canonicalized: ``linf,l2`` -> ``["Linf", "L2"]``)."""
     from ctrobust.attacks import split_list
 
     return StudySpec(study=study, model=str(model).lower(), datasets=split_list(datasets),
-                     threat=threat, protocols=[p.lower() for p in split_list(protocols)],
+                     threats=parse_threats(threats), protocols=[p.lower() for p in split_list(protocols)],
                      out=str(out), options={k: v for k, v in options.items() if v is not None})

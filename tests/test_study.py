@@ -32,8 +32,9 @@ def model_dir(tmp_path_factory):
     return d
 
 
-TINY = ["--model", "resnet18", "--datasets", "cifar10", "--data", "bundled", "--n-examples", "20", "--seeds", "42",
-        "--betas", "0.9", "--attacks", "apgd-ce", "--device", "cpu", "--quiet"]
+# --threat (the one-threat alias of --threats) Linf: the layout and study.yaml of a Linf-only study (legacy)
+TINY = ["--model", "resnet18", "--datasets", "cifar10", "--threat", "Linf", "--data", "bundled", "--n-examples", "20",
+        "--seeds", "42", "--betas", "0.9", "--attacks", "apgd-ce", "--device", "cpu", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,11 @@ def test_study_runs_both_protocols_and_writes_every_section(study):
                    "+ full CT scope", "+ held-out beta", "NOT in the stated eps-ball", "How to read it"):
         assert needle in md, needle
     rep = json.loads((study / "report.json").read_text())
-    assert rep["format"] == "ctrobust-study/1" and rep["model"] == "resnet18"
+    assert rep["format"] == "ctrobust-study/2" and rep["model"] == "resnet18"
+    assert rep["threats"] == ["Linf"] and all(c["threat"] == "Linf" for c in rep["cells"])
+    import yaml
+
+    assert yaml.safe_load((study / "study.yaml").read_text())["threat"] == "Linf"  # as before: old dirs resume
     cells = {c["cell"]: c for c in rep["cells"]}
     assert cells["reference"]["protocol"] == "reference" and cells["reference"]["ct_scope"] == "modules"
     assert cells["reference"]["engine"] == "reference"
@@ -90,7 +95,7 @@ def test_missing_weights_and_data_of_every_cell_are_listed_at_once_and_nothing_i
     empty_data.mkdir()
     out = tmp_path / "study"
     argv = ["reproduce", "ct-paper", "--model", "resnet50", "--datasets", "cifar10,cifar100,imagenet",
-            "--model-dir", str(empty_models), "--data-dir", str(empty_data), "--out", str(out), "--quiet"]
+            "--threats", "Linf", "--model-dir", str(empty_models), "--data-dir", str(empty_data), "--out", str(out), "--quiet"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip().startswith("- ")]
@@ -153,4 +158,144 @@ def test_the_aggregate_equals_a_hand_computation_of_the_reference_rules():
     c10 = cells[0]
     # seed 43: CT is worse than base, so it counts as base at beta 1; seed 42: the first (smallest) beta of a tie
     assert [p.beta for p in c10.per_seed] == [0.7, 1.0, 0.8]
-    assert rep.paper_value_pct == 1032.64
+    assert [(p.threat, p.value_pct) for p in rep.paper] == [("Linf", 1032.64)]
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Several threats: planning, corruptions cells (hand-made outcomes), the report per threat
+# -------------------------------------------------------------------------------------------------------------
+
+
+def test_threats_parse_in_the_papers_order_and_unknown_ones_get_a_suggestion():
+    from ctrobust._registry import UnknownNameError
+    from ctrobust.config import ConfigError
+    from ctrobust.study import legacy_layout, parse_threats
+
+    assert parse_threats("corruptions, linf,l2") == ["Linf", "L2", "corruptions"]
+    assert parse_threats(["L2"]) == ["L2"]
+    with pytest.raises(UnknownNameError, match="did you mean"):
+        parse_threats("corruption,Linf")
+    with pytest.raises(ConfigError, match="more than once"):
+        parse_threats("Linf,linf")
+    assert legacy_layout(["Linf"]) and legacy_layout(["L2"])
+    assert not legacy_layout(["Linf", "L2"]) and not legacy_layout(["corruptions"])
+
+
+def test_a_two_threat_study_plans_a_run_per_threat_dataset_and_cell_with_the_papers_eps(tmp_path):
+    from ctrobust.study import StudySpec, plan_study
+
+    spec = StudySpec("ct-paper", "resnet18", ["cifar10", "imagenet"], ["Linf", "L2"], ["reference", "valid"],
+                     str(tmp_path / "s"))
+    cells = plan_study(spec)
+    assert [c.name for c in cells] == [f"{t}-{d}-{c}" for t in ("Linf", "L2") for d in ("cifar10", "imagenet")
+                                       for c in ("reference", "pixel", "valid")]
+    for c in cells:
+        assert c.cfg.threat == c.threat
+        assert c.cfg.eps == pytest.approx(8 / 255 if c.threat == "Linf" else 0.5)  # every dataset, as the reference
+        assert Path(c.cfg.run_dir) == tmp_path / "s" / "runs" / c.name
+        assert (c.cfg.protocol, c.cfg.ct_scope) == {"reference": ("reference", "modules"), "pixel": ("valid", "modules"),
+                                                    "valid": ("valid", "all")}[c.cell]
+    assert spec.asked()["threats"] == ["Linf", "L2"] and "threat" not in spec.asked()
+    one = StudySpec("ct-paper", "resnet18", ["cifar10"], ["L2"], ["reference"], str(tmp_path / "t"))
+    assert [c.name for c in plan_study(one)] == ["cifar10-reference"] and one.asked()["threat"] == "L2"
+
+
+def _corruption_outcomes(table: dict, pairs=(("fog", 1), ("fog", 5), ("snow", 3))) -> dict:
+    """One row per (image, pair, beta, seed); ``table[(seed, beta)][pair]`` = correct images out of n of that pair
+    (n differs per pair, so the mean over pairs differs from the pooled mean)."""
+    n_of = {p: n for p, n in zip(pairs, (10, 4, 5))}
+    cols = {k: [] for k in ("id", "label", "beta", "seed", "robust", "clean_correct", "corruption", "severity")}
+    for (seed, beta), per_pair in table.items():
+        for p in pairs:
+            n, k = n_of[p], per_pair[p]
+            cols["id"] += list(range(n))
+            cols["label"] += [i % 2 for i in range(n)]
+            cols["beta"] += [beta] * n
+            cols["seed"] += [seed] * n
+            cols["robust"] += [i < k for i in range(n)]
+            cols["clean_correct"] += [i < k for i in range(n)]
+            cols["corruption"] += [p[0]] * n
+            cols["severity"] += [p[1]] * n
+    return {k: np.asarray(v) for k, v in cols.items()}
+
+
+class _CfgCorr:
+    protocol, ct_scope, engine, model, threat = "valid", "modules", "fast", "ct-paper/resnet18", "corruptions"
+
+
+def test_corruption_cells_average_over_pairs_and_aggregate_by_the_reference_rules(tmp_path):
+    from ctrobust.plots import plot_study
+    from ctrobust.report.study import render_study_json, render_study_markdown
+
+    pairs = (("fog", 1), ("fog", 5), ("snow", 3))
+    n_of = dict(zip(pairs, (10, 4, 5)))
+    # correct images per pair (n = 10, 4, 5) at each (seed, beta)
+    table = {(42, 1.0): dict(zip(pairs, (5, 2, 1))), (42, 0.8): dict(zip(pairs, (6, 3, 1))),
+             (42, 0.9): dict(zip(pairs, (7, 1, 1))),
+             (43, 1.0): dict(zip(pairs, (6, 2, 2))), (43, 0.8): dict(zip(pairs, (5, 1, 1))),  # 43: CT < base
+             (43, 0.9): dict(zip(pairs, (6, 1, 2)))}
+    cell = summarize_cell("cifar10", "reference", "runs/corruptions-cifar10-reference", _corruption_outcomes(table),
+                          _CfgCorr())
+
+    def acc(seed, beta):  # RobustBench: mean over pairs of each pair's accuracy
+        return 100 * np.mean([table[(seed, beta)][p] / n_of[p] for p in pairs])
+
+    base = [acc(s, 1.0) for s in (42, 43)]
+    ct = [max(max(acc(s, b) for b in (0.8, 0.9)), acc(s, 1.0)) for s in (42, 43)]
+    assert cell.base_pct.mean == pytest.approx(np.mean(base)) and cell.oracle_pct.mean == pytest.approx(np.mean(ct))
+    assert (cell.threat, cell.pairs, cell.n) == ("corruptions", 3, 6)  # n: images per pair (19 rows / 3 pairs)
+    assert cell.pixel_linf_max is None and cell.in_ball_frac is None
+    # a Linf cell beside it: the report keeps each threat's aggregate apart
+    lin = summarize_cell("cifar10", "reference", "runs/Linf-cifar10-reference",
+                         _outcomes({(42, 1.0): (1, 9), (42, 0.9): (3, 9)}), _Cfg(), threat="Linf")
+    rep = build_study_report("ct-paper", "resnet50", ("Linf", "corruptions"), [lin, cell])
+    rows = {(r.threat, r.cell): r for r in rep.decomposition}
+    assert rows[("corruptions", "reference")].value_pct == pytest.approx(
+        100 * (np.mean(ct) - np.mean(base)) / np.mean(base))
+    assert rows[("Linf", "reference")].value_pct == pytest.approx(200.0)
+    assert [(p.threat, p.value_pct) for p in rep.paper] == [("Linf", 1032.64), ("corruptions", None)]
+    md = render_study_markdown(rep)
+    assert "| corruptions | cifar10 | reference |" in md and "not recorded" in md and "3 pairs" in md
+    assert json.loads(render_study_json(rep))["threats"] == ["Linf", "corruptions"]
+    files = plot_study(rep, tmp_path, formats=("png",))
+    assert files and files[0].stat().st_size > 0
+
+
+def test_corruption_heldout_keeps_every_pair_of_an_image_on_one_side():
+    from ctrobust.report.study import corruption_heldout
+    from ctrobust.stats import stratified_split
+
+    pairs = (("fog", 1), ("snow", 3))
+    rng = np.random.default_rng(0)
+    table = {(42, b): dict(zip(pairs, rng.integers(0, 5, 2))) for b in (1.0, 0.8, 0.9)}
+    o = _corruption_outcomes(table, pairs)
+    sel, rep = stratified_split(o["id"], o["label"], 0)
+    for i in np.unique(o["id"]):
+        assert len(set(sel[o["id"] == i])) == 1
+    ho = corruption_heldout(o)
+    # the chosen beta maximizes the mean-over-pairs accuracy of the selection half (ties: closest to 1)
+    accs = {}
+    for b in (0.8, 0.9, 1.0):
+        m = (o["beta"] == b) & sel
+        accs[b] = np.mean([o["robust"][m & (o["corruption"] == c) & (o["severity"] == s)].mean() for c, s in pairs])
+    best = max(accs.values())
+    assert ho.beta.mean == max(b for b, a in accs.items() if a == best)
+    assert ho.n_report == np.unique(o["id"][rep]).size
+
+
+def test_missing_corruption_files_are_listed_one_per_line_with_their_source(tmp_path):
+    from types import SimpleNamespace
+
+    from ctrobust.study import StudyCell, _missing_corruption_data
+    from corruption_files import write_cifar_c
+
+    write_cifar_c(tmp_path, "cifar10", corruptions=("fog", "snow"))
+    cfg = SimpleNamespace(dataset="cifar10", data_dir=str(tmp_path), corruptions="all", severities="all",
+                          n_examples=1000)
+    seen = set()
+    lines = _missing_corruption_data(StudyCell("cifar10", "reference", cfg, "corruptions"), seen)
+    assert len(lines) == 13  # 15 corruptions, two written; labels.npy is there
+    assert all(ln.startswith("cifar10: corruptions data: ") and "zenodo.org/records/2535967" in ln for ln in lines)
+    assert not any("fog.npy" in ln or "snow.npy" in ln for ln in lines)
+    # the valid cell reads the same files: not listed twice
+    assert _missing_corruption_data(StudyCell("cifar10", "valid", cfg, "corruptions"), seen) == []
