@@ -343,8 +343,8 @@ def write_study_report(spec: StudySpec, cells: list[StudyCell]) -> Path:
     """Summarize every cell's stored results into ``report.md`` / ``report.json`` and draw the figure."""
     from ctrobust.plots import plot_study
     from ctrobust.report.run import summarize_run
-    from ctrobust.report.study import (build_study_report, corruption_heldout, render_study_json,
-                                       render_study_markdown, summarize_cell)
+    from ctrobust.report.study import (build_study_report, corruption_heldout, is_corruption_outcomes,
+                                       render_study_json, render_study_markdown, summarize_cell)
     from ctrobust.store import atomic_write_text, load_outcomes, load_config
 
     out = Path(spec.out)
@@ -353,7 +353,7 @@ def write_study_report(spec: StudySpec, cells: list[StudyCell]) -> Path:
         run_dir = Path(c.cfg.run_dir)
         outcomes = load_outcomes(run_dir)
         config = load_config(run_dir)
-        if "corruption" in outcomes:  # one row per (image, corruption, severity): its own held-out split
+        if is_corruption_outcomes(outcomes):  # one row per (image, corruption, severity): its own held-out split
             heldout = corruption_heldout(outcomes)
         else:
             heldout = summarize_run(outcomes, config, select_on="half").heldout

@@ -299,3 +299,14 @@ def test_missing_corruption_files_are_listed_one_per_line_with_their_source(tmp_
     assert not any("fog.npy" in ln or "snow.npy" in ln for ln in lines)
     # the valid cell reads the same files: not listed twice
     assert _missing_corruption_data(StudyCell("cifar10", "valid", cfg, "corruptions"), seen) == []
+
+
+def test_outcomes_of_an_attacked_run_with_an_empty_corruption_column_are_not_read_as_pairs():
+    from ctrobust.report.study import is_corruption_outcomes
+
+    o = _outcomes({(42, 1.0): (1, 9), (42, 0.9): (3, 9)})
+    assert not is_corruption_outcomes(o)
+    o["corruption"], o["severity"] = np.full(len(o["id"]), ""), np.zeros(len(o["id"]), np.int64)
+    assert not is_corruption_outcomes(o)
+    cell = summarize_cell("cifar10", "reference", "r", o, _Cfg(), threat="Linf")
+    assert cell.pairs == 0 and cell.base_pct.mean == 10.0

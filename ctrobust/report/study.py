@@ -35,7 +35,7 @@ import numpy as np
 from ctrobust.report.summary import MeanStd
 from ctrobust.stats import mean_std, wilson_interval
 
-__all__ = ["CELLS", "CORRUPTION_CELLS", "cells_of", "PaperFigure", "corruption_heldout", "SeedPick", "CurvePoint", "HeldOut", "CellResult", "DatasetTerm", "AggregateRow",
+__all__ = ["CELLS", "CORRUPTION_CELLS", "cells_of", "PaperFigure", "corruption_heldout", "is_corruption_outcomes", "SeedPick", "CurvePoint", "HeldOut", "CellResult", "DatasetTerm", "AggregateRow",
            "StudyReport", "paper_rule", "summarize_cell", "build_study_report", "render_study_markdown",
            "render_study_json", "PAPER_VALUES"]
 
@@ -229,9 +229,15 @@ def _aggregate(terms: Sequence[tuple[str, float, float]]) -> tuple[float | None,
     return (float(np.mean(rel)) if rel else None), tuple(out)
 
 
+def is_corruption_outcomes(outcomes: Mapping) -> bool:
+    """True for a corruptions run's outcomes: a ``corruption`` column with names (other runs hold ``""``)."""
+    col = outcomes.get("corruption")
+    return col is not None and len(col) > 0 and bool(np.any(np.asarray(col).astype(str) != ""))
+
+
 def _pair_index(outcomes: Mapping) -> tuple[np.ndarray | None, int]:
     """Per row, the index of its (corruption, severity) pair, and the number of pairs (None, 0: no pairs)."""
-    if "corruption" not in outcomes or not len(outcomes["corruption"]):
+    if not is_corruption_outcomes(outcomes):
         return None, 0
     keys = np.char.add(np.asarray(outcomes["corruption"]).astype(str),
                        np.char.add("/", np.asarray(outcomes["severity"]).astype(str)))
