@@ -519,16 +519,10 @@ def _check_attacks(c: SweepConfig, canon: dict) -> dict:
     if canon["threat"] == CORRUPTIONS:
         return _check_no_attack(c, canon, proto, suite)
     engine = _fixed_by(proto, "engine", "--engine", c.engine, "fast", list_engines(), "engine")
-    if str(c.batch_size).lower() == "auto":
+    batch_size = _batch_size(c.batch_size)
+    if batch_size == "auto" and proto.name == "reference":
         # the reference protocol batches as the CT reference code (pyautoattack reseeds every batch)
-        batch_size = reference_batch_size(canon["dataset"]) if proto.name == "reference" else "auto"
-    else:
-        try:
-            batch_size = int(c.batch_size)
-        except (TypeError, ValueError):
-            raise ConfigError(f"bad batch size {c.batch_size!r}: give a positive integer or auto") from None
-        if batch_size <= 0:
-            raise ConfigError(f"batch size must be positive, got {batch_size}")
+        batch_size = reference_batch_size(canon["dataset"])
     chunk = c.chunk_size
     if chunk is None:
         # the reference protocol: one chunk, so pyautoattack's batches are the reference's
@@ -561,6 +555,19 @@ def _check_attacks(c: SweepConfig, canon: dict) -> dict:
             "chunk_size": chunk, "min_norm_params": mn_params or None, "curve_eps": curve_eps}
 
 
+def _batch_size(value):
+    """``auto`` or a positive int."""
+    if str(value).lower() == "auto":
+        return "auto"
+    try:
+        batch_size = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"bad batch size {value!r}: give a positive integer or auto") from None
+    if batch_size <= 0:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    return batch_size
+
+
 def _check_no_attack(c: SweepConfig, canon: dict, proto, suite) -> dict:
     """``--threat corruptions``: no attack, the ``forward`` engine, RobustBench's first n images of each pair,
     one work unit per (corruption, severity) pair (the images of a pair are read together)."""
@@ -574,7 +581,7 @@ def _check_no_attack(c: SweepConfig, canon: dict, proto, suite) -> dict:
     if canon["data"] != "full":
         raise ConfigError("--threat corruptions reads RobustBench's corruption files (CIFAR-10-C, ...): use --data "
                           "full with --data-dir")
-    batch = "auto" if str(c.batch_size).lower() == "auto" else int(c.batch_size)
+    batch = _batch_size(c.batch_size)
     n = canon["n_examples"]
     if n is None:
         from ctrobust.corruptions import _n_total
