@@ -500,15 +500,7 @@ def _check_ct(c: SweepConfig, canon: dict) -> dict:
 def _check_examples(c: SweepConfig, canon: dict) -> dict:
     n = c.n_examples
     if n is not None:
-        if str(n).lower() in ("all", "none"):
-            n = None
-        else:
-            try:
-                n = int(n)
-            except (TypeError, ValueError):
-                raise ConfigError(f"bad n_examples {c.n_examples!r}: expected a positive integer") from None
-            if n <= 0:
-                raise ConfigError(f"n_examples must be positive, got {n}")
+        n = None if str(n).lower() in ("all", "none") else _positive_int(n, "n_examples", "a positive integer or all")
     return {"seeds": parse_seeds(c.seeds), "n_examples": n, "subset": _owned(parse_subset, c.subset),
             "data": _owned(parse_source, c.data)}
 
@@ -527,12 +519,7 @@ def _check_attacks(c: SweepConfig, canon: dict) -> dict:
     if chunk is None:
         # the reference protocol: one chunk, so pyautoattack's batches are the reference's
         chunk = (canon["n_examples"] or 10 ** 9) if proto.name == "reference" else DEFAULT_CHUNK
-    try:
-        chunk = int(chunk)
-    except (TypeError, ValueError):
-        raise ConfigError(f"bad chunk size {c.chunk_size!r}") from None
-    if chunk <= 0:
-        raise ConfigError("chunk size must be positive")
+    chunk = _positive_int(chunk, "chunk size", "a positive integer")
     mn_params = _parse_min_norm_params(c.min_norm_params)
     try:
         suite = suite.with_min_norm_params(mn_params)
@@ -555,17 +542,20 @@ def _check_attacks(c: SweepConfig, canon: dict) -> dict:
             "chunk_size": chunk, "min_norm_params": mn_params or None, "curve_eps": curve_eps}
 
 
+def _positive_int(value, what: str, hint: str) -> int:
+    """``value`` as a positive int, else a one-line ``ConfigError`` naming ``what`` and what to give (``hint``)."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"bad {what} {value!r}: give {hint}") from None
+    if n <= 0 or n != float(value):
+        raise ConfigError(f"{what} must be positive, got {value}")
+    return n
+
+
 def _batch_size(value):
     """``auto`` or a positive int."""
-    if str(value).lower() == "auto":
-        return "auto"
-    try:
-        batch_size = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"bad batch size {value!r}: give a positive integer or auto") from None
-    if batch_size <= 0:
-        raise ConfigError(f"batch size must be positive, got {batch_size}")
-    return batch_size
+    return "auto" if str(value).lower() == "auto" else _positive_int(value, "batch size", "a positive integer or auto")
 
 
 def _check_no_attack(c: SweepConfig, canon: dict, proto, suite) -> dict:

@@ -276,29 +276,13 @@ class RunReader:
 
     def curves(self) -> list[dict]:
         """Rows of ``curves.csv`` (one per (beta, seed, eps); ``[]`` for a run without distances)."""
-        p = self.path / "curves.csv"
-        if not p.exists():
-            return []
-        with p.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        for r in rows:
-            for k in ("beta", "eps", "robust_acc", "robust_lo", "robust_hi"):
-                r[k] = float(r[k])
-            r["seed"], r["n"] = int(r["seed"]), int(r["n"])
-        return rows
+        return _read_csv(self.path / "curves.csv", floats=("beta", "eps", "robust_acc", "robust_lo", "robust_hi"),
+                         ints=("seed", "n"))
 
     def corruptions(self) -> list[dict]:
         """Rows of ``corruptions.csv`` (``[]`` for a run that is not ``--threat corruptions``)."""
-        p = self.path / "corruptions.csv"
-        if not p.exists():
-            return []
-        with p.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        for r in rows:
-            for k in ("beta", "acc", "acc_lo", "acc_hi"):
-                r[k] = float(r[k])
-            r["seed"], r["severity"], r["n"] = int(r["seed"]), int(r["severity"]), int(r["n"])
-        return rows
+        return _read_csv(self.path / "corruptions.csv", floats=("beta", "acc", "acc_lo", "acc_hi"),
+                         ints=("seed", "severity", "n"))
 
     def results(self) -> list[dict]:
         """Rows of ``results.json`` (one per (beta, seed))."""
@@ -493,6 +477,17 @@ def _csv_text(rows: list[dict], fields) -> str:
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     return buf.getvalue()
+
+
+def _read_csv(p: Path, floats=(), ints=()) -> list[dict]:
+    """Rows of a CSV written by :func:`_csv_text`, with the named columns as floats / ints (``[]`` if absent)."""
+    if not p.exists():
+        return []
+    with p.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r.update({k: float(r[k]) for k in floats}, **{k: int(r[k]) for k in ints})
+    return rows
 
 
 def _read_npz(p: Path):
