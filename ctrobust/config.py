@@ -27,7 +27,7 @@ from ctrobust.data import parse_dataset, parse_source, parse_subset
 from ctrobust.engines import get_engine_spec, list_engines
 from ctrobust.protocols import get_protocol, reference_batch_size
 from ctrobust.errors import ConfigError
-from ctrobust.threat import DEFAULT_EPS, Threat
+from ctrobust.threat import CORRUPTIONS, DEFAULT_EPS, Threat, parse_threat
 from ctrobust.threat import format_eps as _format_eps
 
 __all__ = ["ConfigError", "SweepConfig", "parse_eps", "parse_betas", "parse_seeds", "parse_attacks",
@@ -249,7 +249,9 @@ class SweepConfig:
         "state_dict for ct-paper/, torchvision/, timm/ and factory models (weights_only=True; keys must match) "
         "[the family's own weights]"))
     dataset: str = option("cifar10", group=EXPERIMENT, determining=True, help="cifar10 | cifar100 | imagenet [cifar10]")
-    threat: str = option("Linf", group=EXPERIMENT, determining=True, help="Linf | L2 [Linf]")
+    threat: str = option("Linf", group=EXPERIMENT, determining=True, help=(
+        "Linf | L2 | corruptions (accuracy on CIFAR-10-C / CIFAR-100-C / ImageNet-C, no attack: --eps does not "
+        "apply) [Linf]"))
     eps: float | None = option(None, group=EXPERIMENT, determining=True,
                                help="budget in [0,1] pixel scale, e.g. 8/255 [8/255 for Linf, 0.5 for L2]")
     betas: list = option(factory=lambda: parse_betas(PAPER_BETAS), group=EXPERIMENT, determining=True, study=True,
@@ -281,6 +283,10 @@ class SweepConfig:
                               "standard | rand (APGD-CE + APGD-DLR, EOT 20) | a list such as "
                               "apgd-ce,apgd-t,fab-t,square | min-norm (FMN + FAB: every point's minimal "
                               "perturbation, robust accuracy at every eps) | both: standard,min-norm [standard]"))
+    corruptions: Any = option("all", group=EXPERIMENT, help=(
+        "--threat corruptions: which corruptions, all or a list such as gaussian_noise,fog (RobustBench's 15) "
+        "[all]"))
+    severities: Any = option("all", group=EXPERIMENT, help="--threat corruptions: severities, all or e.g. 1,3,5 [all]")
     min_norm_params: Any = option(None, group=EXPERIMENT, help=(
         "parameters of the minimum-norm attacks of --attacks min-norm: N (steps of all), attack=N (its steps) or "
         "attack.param=N, e.g. fmn=20,fab-mn=5 or fab-mn.restarts=3,fab-mn.candidates=2 [steps 100 each, FAB on "
@@ -349,6 +355,8 @@ class SweepConfig:
             return Path(self.out)
         # file-name safe: py:pkg.mod:make and ../nets.py:make become plain folder names
         name = re.sub(r"[^A-Za-z0-9._+-]", "-", self.model).lstrip(".-") or "model"
+        if self.threat == CORRUPTIONS:
+            return Path("runs") / f"{name}_{self.dataset}_{self.threat}"
         return Path("runs") / f"{name}_{self.dataset}_{self.threat}_{format_eps(self.eps)}"
 
     @classmethod
@@ -364,6 +372,10 @@ class SweepConfig:
         (folders, device, executor, output), which never changes a result of a batch-invariant engine.
         """
         d = {k: getattr(self, k) for k in self.determining_fields()}
+        if self.threat == CORRUPTIONS:  # no attack: the pairs evaluated instead of the attack suite
+            d.pop("attacks")
+            d["corruptions"], d["severities"] = list(self.corruptions), list(self.severities)
+            return d
         d["attacks"] = self.suite.params()
         if not get_engine_spec(self.engine).batch_invariant:
             # pyautoattack reseeds every batch: its results depend on the batch size
@@ -455,7 +467,16 @@ def _check_model(c: SweepConfig, canon: dict) -> dict:
 
 def _check_threat(c: SweepConfig, canon: dict) -> dict:
     dataset = _owned(parse_dataset, c.dataset)
-    threat = _owned(Threat.parse, c.threat).value
+    threat = _owned(parse_threat, c.threat)
+    if threat == CORRUPTIONS:
+        from ctrobust import corruptions as _corr
+
+        if c.eps is not None:
+            raise ConfigError("--eps does not apply to --threat corruptions (accuracy on corrupted images, no "
+                              "attack): drop --eps")
+        return {"dataset": dataset, "threat": threat, "eps": None,
+                "corruptions": list(_owned(lambda v: _corr.parse_corruptions(v, dataset), c.corruptions)),
+                "severities": list(_owned(_corr.parse_severities, c.severities))}
     eps = DEFAULT_EPS[Threat(threat)] if c.eps is None else parse_eps(c.eps)
     if threat == "Linf" and eps > 1:
         raise ConfigError(f"eps {eps:g} exceeds the [0, 1] pixel range: did you mean {eps:g}/255?")
@@ -479,15 +500,7 @@ def _check_ct(c: SweepConfig, canon: dict) -> dict:
 def _check_examples(c: SweepConfig, canon: dict) -> dict:
     n = c.n_examples
     if n is not None:
-        if str(n).lower() in ("all", "none"):
-            n = None
-        else:
-            try:
-                n = int(n)
-            except (TypeError, ValueError):
-                raise ConfigError(f"bad n_examples {c.n_examples!r}: expected a positive integer") from None
-            if n <= 0:
-                raise ConfigError(f"n_examples must be positive, got {n}")
+        n = None if str(n).lower() in ("all", "none") else _positive_int(n, "n_examples", "a positive integer or all")
     return {"seeds": parse_seeds(c.seeds), "n_examples": n, "subset": _owned(parse_subset, c.subset),
             "data": _owned(parse_source, c.data)}
 
@@ -495,27 +508,18 @@ def _check_examples(c: SweepConfig, canon: dict) -> dict:
 def _check_attacks(c: SweepConfig, canon: dict) -> dict:
     proto = get_protocol(canon["protocol"])
     suite = _parse_suite(c.attacks)
+    if canon["threat"] == CORRUPTIONS:
+        return _check_no_attack(c, canon, proto, suite)
     engine = _fixed_by(proto, "engine", "--engine", c.engine, "fast", list_engines(), "engine")
-    if str(c.batch_size).lower() == "auto":
+    batch_size = _batch_size(c.batch_size)
+    if batch_size == "auto" and proto.name == "reference":
         # the reference protocol batches as the CT reference code (pyautoattack reseeds every batch)
-        batch_size = reference_batch_size(canon["dataset"]) if proto.name == "reference" else "auto"
-    else:
-        try:
-            batch_size = int(c.batch_size)
-        except (TypeError, ValueError):
-            raise ConfigError(f"bad batch size {c.batch_size!r}: give a positive integer or auto") from None
-        if batch_size <= 0:
-            raise ConfigError(f"batch size must be positive, got {batch_size}")
+        batch_size = reference_batch_size(canon["dataset"])
     chunk = c.chunk_size
     if chunk is None:
         # the reference protocol: one chunk, so pyautoattack's batches are the reference's
         chunk = (canon["n_examples"] or 10 ** 9) if proto.name == "reference" else DEFAULT_CHUNK
-    try:
-        chunk = int(chunk)
-    except (TypeError, ValueError):
-        raise ConfigError(f"bad chunk size {c.chunk_size!r}") from None
-    if chunk <= 0:
-        raise ConfigError("chunk size must be positive")
+    chunk = _positive_int(chunk, "chunk size", "a positive integer")
     mn_params = _parse_min_norm_params(c.min_norm_params)
     try:
         suite = suite.with_min_norm_params(mn_params)
@@ -536,6 +540,44 @@ def _check_attacks(c: SweepConfig, canon: dict) -> dict:
         raise ConfigError(str(exc)) from None
     return {"attacks": suite.label, "suite": suite, "engine": engine, "batch_size": batch_size,
             "chunk_size": chunk, "min_norm_params": mn_params or None, "curve_eps": curve_eps}
+
+
+def _positive_int(value, what: str, hint: str) -> int:
+    """``value`` as a positive int, else a one-line ``ConfigError`` naming ``what`` and what to give (``hint``)."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"bad {what} {value!r}: give {hint}") from None
+    if n <= 0 or n != float(value):
+        raise ConfigError(f"{what} must be positive, got {value}")
+    return n
+
+
+def _batch_size(value):
+    """``auto`` or a positive int."""
+    return "auto" if str(value).lower() == "auto" else _positive_int(value, "batch size", "a positive integer or auto")
+
+
+def _check_no_attack(c: SweepConfig, canon: dict, proto, suite) -> dict:
+    """``--threat corruptions``: no attack, the ``forward`` engine, RobustBench's first n images of each pair,
+    one work unit per (corruption, severity) pair (the images of a pair are read together)."""
+    if proto.name != "valid":
+        raise ConfigError("--threat corruptions runs no attack, so there is no normalized-space protocol: use "
+                          "--protocol valid (the CT reference code's scope is --ct-scope modules)")
+    if c.engine not in (None, "forward"):
+        raise ConfigError(f"--threat corruptions runs no attack: drop --engine {c.engine}")
+    if suite.min_norm:
+        raise ConfigError("--threat corruptions runs no attack: drop min-norm from --attacks")
+    if canon["data"] != "full":
+        raise ConfigError("--threat corruptions reads RobustBench's corruption files (CIFAR-10-C, ...): use --data "
+                          "full with --data-dir")
+    batch = _batch_size(c.batch_size)
+    n = canon["n_examples"]
+    if n is None:
+        from ctrobust.corruptions import _n_total
+        n = _n_total(canon["dataset"])
+    return {"attacks": suite.label, "suite": suite, "engine": "forward", "batch_size": batch, "chunk_size": n,
+            "subset": "first", "min_norm_params": None, "curve_eps": None}
 
 
 def _parse_min_norm_params(spec) -> dict:

@@ -50,9 +50,11 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -67,6 +69,8 @@ from ctrobust.data import (DATASETS, DataUnavailableError, EvalSet, SubsetError,
 from ctrobust.errors import ConfigError
 
 __all__ = [
+    "CorruptionEvalSet",
+    "load_corruption_eval_set",
     "CORRUPTIONS",
     "SEVERITIES",
     "CorruptionSet",
@@ -119,8 +123,8 @@ class CorruptionDataUnavailableError(DataUnavailableError):
         self.data_dir = Path(data_dir)
         label = DIR_NAMES.get(dataset, dataset)
         head = (f"{label} data missing: {len(self.missing)} file(s) or folder(s) under {self.data_dir}"
-                f"{' (' + reason + ')' if reason else ''}; place them as listed (RobustBench's layout) and pass "
-                f"data_dir or set CTROBUST_DATA_DIR:")
+                f"{' (' + reason + ')' if reason else ''}; place them as listed (RobustBench's layout) under --data-dir "
+                f"(or $CTROBUST_DATA_DIR):")
         lines = [f"  {m.path}  <- {m.source}" for m in self.missing]
         super().__init__("\n".join([head, *lines]))
 
@@ -481,3 +485,106 @@ def load_corruption_set(dataset: str, corruption: str, severity: int, n_examples
                          content_hash=content_hash(x, y, ids, tag), data="corruptions",
                          subset="shuffled" if shuffle else "first", source_dir=src, corruption=corruption,
                          severity=severity, seed=int(seed) if shuffle else None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Every (corruption, severity) pair of a sweep as one evaluation set, read pair by pair
+# ---------------------------------------------------------------------------------------------------
+
+
+class _PairRows:
+    """The images of a :class:`CorruptionEvalSet`, read one (corruption, severity) pair at a time.
+
+    Indexing (``rows[idx]``, ``rows[:k]``) returns a float32 tensor like a tensor would; only the pairs the
+    index touches are read (the last one is kept), so ImageNet-C's 75 pairs never sit in memory at once.
+    """
+
+    def __init__(self, load_pair, n_pairs: int, per_pair: int, item_shape: tuple):
+        self._load, self._per, self._n_pairs = load_pair, per_pair, n_pairs
+        self.shape = torch.Size((n_pairs * per_pair, *item_shape))
+        self.dtype = torch.float32
+        self._cache: tuple[int, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def _pair(self, k: int) -> torch.Tensor:
+        if self._cache is None or self._cache[0] != k:
+            self._cache = (k, self._load(k))
+        return self._cache[1]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        rows = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx, dtype=np.int64).reshape(-1)
+        out = torch.empty((rows.size, *self.shape[1:]), dtype=torch.float32)
+        for k in np.unique(rows // self._per):
+            sel = np.flatnonzero(rows // self._per == k)
+            out[torch.as_tensor(sel)] = self._pair(int(k))[torch.as_tensor(rows[sel] % self._per)]
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class CorruptionEvalSet(EvalSet):
+    """Every requested (corruption, severity) pair, ``n`` images each, as one evaluation set.
+
+    Rows are pair-major in RobustBench's corruption order, then severity: row ``r`` is image ``r % n`` of pair
+    ``r // n``; ``ids`` are ``pair index * 10**6 + image index`` (unique per row, so per-example outcomes of
+    different pairs never collide), ``corruption`` / ``severity`` the pair of each row. ``x`` is read pair by pair
+    (:class:`_PairRows`). ``content_hash`` covers every pair's images, labels and ids.
+    """
+
+    corruption: np.ndarray = field(default=None, repr=False)
+    severity: np.ndarray = field(default=None, repr=False)
+    pairs: tuple = ()
+    per_pair: int = 0
+
+    def columns(self, pos) -> dict:
+        """The per-row columns a unit stores beside the outcomes (``corruption``, ``severity``)."""
+        pos = np.asarray(pos, dtype=np.int64)
+        return {"corruption": self.corruption[pos].astype(str), "severity": self.severity[pos].astype(np.int64)}
+
+
+#: ids of a :class:`CorruptionEvalSet` row: pair index times this plus the image index
+PAIR_STRIDE = 10 ** 6
+
+
+def load_corruption_eval_set(dataset: str, corruptions="all", severities="all", n_examples: int | None = 1000,
+                             data_dir=None) -> CorruptionEvalSet:
+    """Every (corruption, severity) pair, RobustBench's first ``n_examples`` images of each (its
+    ``corruptions_evaluation``: ``shuffle=False``), as one evaluation set read pair by pair.
+
+    Every missing file of every pair is listed at once (:class:`CorruptionDataUnavailableError`, nothing written)
+    unless the network can fetch them (CIFAR-C, through RobustBench's Zenodo download).
+    """
+    dataset = parse_dataset(dataset)
+    names = parse_corruptions(corruptions, dataset)
+    sevs = parse_severities(severities)
+    n = _count(n_examples, dataset)
+    root = _root(data_dir)
+    absent = missing_corruption_files(dataset, names, sevs, root, n_examples=n if dataset == "imagenet" else None)
+    if absent and (dataset == "imagenet" or offline()):
+        raise CorruptionDataUnavailableError(
+            dataset, absent, root, "RobustBench has no download for ImageNet-C" if dataset == "imagenet"
+            else "CTROBUST_OFFLINE is set")
+    pairs = tuple((c, s) for c in names for s in sevs)
+    hashes, ys = [], []
+    first = None
+    for c, s in pairs:  # once through every pair: the content hash, the labels, and any download
+        cs = load_corruption_set(dataset, c, s, n, root)
+        hashes.append(cs.content_hash)
+        ys.append(cs.y)
+        if first is None:
+            first = cs
+    digest = hashlib.sha256("|".join([dataset, str(n), *hashes]).encode()).hexdigest()
+
+    def load_pair(k: int) -> torch.Tensor:
+        c, s = pairs[k]
+        return load_corruption_set(dataset, c, s, n, root).x
+
+    x = _PairRows(load_pair, len(pairs), n, tuple(first.x.shape[1:]))
+    pos = np.arange(n, dtype=np.int64)
+    ids = torch.from_numpy(np.concatenate([k * PAIR_STRIDE + pos for k in range(len(pairs))]))
+    return CorruptionEvalSet(x=x, y=torch.cat(ys), ids=ids, dataset=dataset, num_classes=DATASETS[dataset],
+                             content_hash=digest, data="corruptions", subset="first", source_dir=str(root),
+                             corruption=np.repeat(np.array([c for c, _ in pairs]), n),
+                             severity=np.repeat(np.array([s for _, s in pairs], dtype=np.int64), n),
+                             pairs=pairs, per_pair=n)

@@ -16,7 +16,7 @@ import numpy as np
 from ctrobust import stats
 from ctrobust.attacks import ATTACKS, attack_order
 from ctrobust.curves import default_curve_eps, has_distances, parse_curve_eps, robust_at
-from ctrobust.threat import format_eps
+from ctrobust.threat import CORRUPTIONS, format_eps
 
 __all__ = ["plot_runs", "plot_curves", "curve_table", "plot_study"]
 
@@ -74,6 +74,8 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
     runs = [(r, load_results(r)) for r in run_dirs]
     out_dir = Path(out_dir) if out_dir else run_dirs[0] / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
+    if runs[0][1] and runs[0][1][0].get("threat") == CORRUPTIONS:  # accuracy per severity, no attack to show
+        return plot_corruptions(run_dirs, out_dir, name="corruptions" if name == "sweep" else name, formats=formats)
 
     fig, (ax, axb) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [1.35, 1]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -409,6 +411,62 @@ def plot_curves(run_dirs, out_dir=None, name: str = "curves", formats=("png", "p
 
 
 _CELL_STYLE = {"reference": "#c44e52", "pixel": "#dd8452", "valid": "#4c72b0"}
+
+
+def corruption_table(rows: list[dict]) -> dict:
+    """From ``corruptions.csv`` rows: ``{"betas": (B,) descending, "severity": {s: (B,) accuracy}, "mean": (B,)}``,
+    accuracies as fractions averaged over corruptions and seeds (each pair has the same number of images)."""
+    betas = sorted({float(r["beta"]) for r in rows}, reverse=True)
+    sevs = sorted({int(r["severity"]) for r in rows})
+    by = {s: np.array([np.mean([r["acc"] for r in rows if int(r["severity"]) == s and float(r["beta"]) == b])
+                       for b in betas]) for s in sevs}
+    mean = np.array([np.mean([r["acc"] for r in rows if float(r["beta"]) == b]) for b in betas])
+    return {"betas": np.array(betas), "severity": by, "mean": mean}
+
+
+def plot_corruptions(run_dirs, out_dir=None, name: str = "corruptions", formats=("png", "pdf")) -> list[Path]:
+    """Accuracy under common corruptions against beta: one line per severity (mean over the corruptions and
+    seeds) and their mean in bold, beta = 1 marked; one panel per run dir (``corruptions.csv``)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from ctrobust.store import RunReader
+
+    run_dirs = [Path(r) for r in run_dirs]
+    out_dir = Path(out_dir) if out_dir else run_dirs[0] / "figures"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(run_dirs), figsize=(6.4 * len(run_dirs), 4.4), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, rd in zip(axes[0], run_dirs):
+        reader = RunReader(rd)
+        rows, rc = reader.corruptions(), reader.config()
+        if not rows:
+            ax.set_axis_off()
+            ax.set_title(f"{rd.name}: no corruptions.csv")
+            continue
+        t = corruption_table(rows)
+        sevs = list(t["severity"])
+        for i, s in enumerate(sevs):
+            ax.plot(t["betas"], 100 * t["severity"][s], "-o", ms=3, lw=1.2,
+                    color=cmap(i / max(1, len(sevs) - 1) * 0.9), label=f"severity {s}")
+        ax.plot(t["betas"], 100 * t["mean"], "-", lw=3, color="black", label="mean over the pairs")
+        if 1.0 in set(t["betas"].tolist()):
+            j = int(np.flatnonzero(t["betas"] == 1.0)[0])
+            ax.plot([1.0], [100 * t["mean"][j]], marker="*", ms=14, color="black", mec="white", zorder=5,
+                    label="beta = 1 (original model)")
+            ax.axhline(100 * t["mean"][j], color="black", lw=0.8, ls=":")
+        n_c = len({r["corruption"] for r in rows})
+        ax.set_title(f"{rc.model} on {rc.dataset}-C: {n_c} corruption(s), n={rows[0]['n']} per pair", fontsize=9)
+        ax.set_xlabel(r"CT $\beta$ (1 = original ReLU network)")
+        ax.set_ylabel("accuracy on corrupted images (%)")
+        ax.set_ylim(0, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle("Curvature Tuning under common corruptions (no attack)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_dir, name, formats)
 
 
 def plot_study(report, out_dir, *, name: str = "study", formats=("png", "pdf")) -> list[Path]:

@@ -21,6 +21,12 @@ broken), and ``curves.csv``: one row per (beta, seed, eps) with ``beta, seed, th
 robust_lo, robust_hi`` (fractions, Wilson intervals) on the ``curve_eps`` grid, robust-at-eps by
 :func:`ctrobust.curves.robust_at`.
 
+Corruptions (``--threat corruptions``, no attack): ``corruption_acc`` (mean accuracy over the evaluated
+(corruption, severity) pairs; every pair has the same images count, so it is the pooled accuracy) with its Wilson
+interval ``corruption_lo`` / ``corruption_hi``; ``clean_acc`` and ``robust_acc`` hold the same number (accuracy on
+the corrupted images). ``corruptions.csv``: one row per (beta, seed, corruption, severity) with ``n, acc,
+acc_lo, acc_hi``.
+
 Arithmetic: ``precision`` (float32; on CUDA whether TF32 was allowed for convolutions and matmuls) and
 ``peak_mem_mb`` (the accelerator's peak memory during the engine calls; empty on the CPU).
 """
@@ -36,8 +42,13 @@ from ctrobust.data import TIMING_NOTE
 from ctrobust.protocols import get_protocol
 from ctrobust.stats import median_interval, wilson_interval
 from ctrobust.store import RunDir, merge_units
+from ctrobust.threat import CORRUPTIONS
 
-__all__ = ["result_rows", "curve_rows", "write_results", "CURVE_FIELDS", "MEDIAN_BOOT"]
+__all__ = ["result_rows", "curve_rows", "corruption_rows", "write_results", "CURVE_FIELDS", "CORRUPTION_FIELDS",
+           "MEDIAN_BOOT"]
+
+#: the columns of ``corruptions.csv`` (a contract).
+CORRUPTION_FIELDS = ("beta", "seed", "corruption", "severity", "n", "acc", "acc_lo", "acc_hi")
 
 #: the columns of ``curves.csv`` (a contract).
 CURVE_FIELDS = ("beta", "seed", "threat", "eps", "n", "robust_acc", "robust_lo", "robust_hi")
@@ -78,7 +89,8 @@ def result_rows(run: RunDir, outcomes: dict, metas: list[dict], coverage) -> lis
                    "clean_acc": k_clean / n, "clean_lo": clo, "clean_hi": chi,
                    "robust_acc": k_rob / n, "robust_lo": rlo, "robust_hi": rhi}
             # the attacks that decide robust-at-eps: the bounded ones, else the minimum-norm ones
-            for a in cfg.suite.attacks or tuple(sp.name for sp in cfg.suite.min_norm_specs):
+            for a in () if cfg.threat == CORRUPTIONS else (
+                    cfg.suite.attacks or tuple(sp.name for sp in cfg.suite.min_norm_specs)):
                 row[f"broken_{a}"] = int((outcomes["broken_by"][m] == a).sum())
             row["grad_zero_frac"] = float(outcomes["grad_zero"][m].mean())
             row["grad_nonfinite_frac"] = float(outcomes["grad_nonfinite"][m].mean())
@@ -108,6 +120,8 @@ def result_rows(run: RunDir, outcomes: dict, metas: list[dict], coverage) -> lis
             row["precision"] = ";".join(sorted({u.get("precision", "fp32") for u in um}))
             row["call_seconds"] = round(sum(u.get("call_seconds", u["seconds"]) for u in um), 3)
             row["call_betas"] = max(int(u.get("call_betas", 1)) for u in um)
+            if cfg.threat == CORRUPTIONS:
+                row["corruption_acc"], row["corruption_lo"], row["corruption_hi"] = k_clean / n, clo, chi
             if cfg.suite.min_norm:
                 d = np.asarray(outcomes["min_norm"][m], dtype=np.float64)
                 mi = median_interval(d[~np.isnan(d)], n_boot=MEDIAN_BOOT, seed=_boot_seed(seed, beta))
@@ -119,6 +133,29 @@ def result_rows(run: RunDir, outcomes: dict, metas: list[dict], coverage) -> lis
                 warns.add(TIMING_NOTE)
             row["warnings"] = sorted(warns)
             rows.append(row)
+    return rows
+
+
+def corruption_rows(outcomes: dict) -> list[dict]:
+    """Accuracy per (beta, seed, corruption, severity) of a corruptions run (:data:`CORRUPTION_FIELDS`),
+    ordered by seed, beta (descending), then the run's pair order; ``[]`` for other runs."""
+    corr = np.asarray(outcomes.get("corruption", np.zeros(0)), dtype=str)
+    if corr.size == 0 or not np.any(corr != ""):
+        return []
+    rows = []
+    pairs = list(dict.fromkeys(zip(corr.tolist(), np.asarray(outcomes["severity"]).tolist())))
+    for seed in np.unique(outcomes["seed"]):
+        for beta in sorted(np.unique(outcomes["beta"]).tolist(), reverse=True):
+            sb = (outcomes["seed"] == seed) & (outcomes["beta"] == beta)
+            for c, sev in pairs:
+                m = sb & (corr == c) & (outcomes["severity"] == sev)
+                n = int(m.sum())
+                if n == 0:
+                    continue
+                k = int(outcomes["clean_correct"][m].sum())
+                lo, hi = wilson_interval(k, n)
+                rows.append({"beta": float(beta), "seed": int(seed), "corruption": c, "severity": int(sev), "n": n,
+                             "acc": k / n, "acc_lo": lo, "acc_hi": hi})
     return rows
 
 
@@ -163,6 +200,9 @@ def write_results(run: RunDir, coverage) -> list[dict]:
     run.write_outcomes(outcomes)
     rows = result_rows(run, outcomes, metas, coverage)
     run.write_results(rows, {"experiment": run.experiment, "key": run.key, "coverage": coverage.as_record()})
+    if run.cfg.threat == CORRUPTIONS:
+        run.write_corruptions(corruption_rows(outcomes), CORRUPTION_FIELDS)
+        return rows
     curves = curve_rows(outcomes, run.cfg.threat, run.cfg.curve_eps)
     if curves:
         run.write_curves(curves, CURVE_FIELDS)

@@ -25,6 +25,7 @@ from ctrobust.config import SweepConfig
 from ctrobust.errors import ConfigError
 from ctrobust.protocols import attack_space, check_model, get_protocol
 from ctrobust.store import PlanEntry, RunDir, load_sweep_config
+from ctrobust.threat import CORRUPTIONS
 
 __all__ = ["Unit", "WorkItem", "Prepared", "resolve_device", "prepare", "plan_units", "plan_items", "run_units",
            "run_worker", "worker_main"]
@@ -126,8 +127,14 @@ def prepare(cfg: SweepConfig, device: torch.device | None = None) -> Prepared:
     except ValueError as exc:  # the reference protocol on a model whose normalization is unknown
         raise ConfigError(f"model {cfg.model!r}: {exc}") from None
     weights = weights_fingerprint(model) if keyed_by_weights(cfg.model, cfg.checkpoint) else None
-    evalset = load_eval_set(cfg.dataset, cfg.n_examples, subset=cfg.subset, data=cfg.data,
-                            data_dir=cfg.data_dir)
+    if cfg.threat == CORRUPTIONS:
+        from ctrobust.corruptions import load_corruption_eval_set
+
+        evalset = load_corruption_eval_set(cfg.dataset, cfg.corruptions, cfg.severities, cfg.n_examples,
+                                           cfg.data_dir)
+    else:
+        evalset = load_eval_set(cfg.dataset, cfg.n_examples, subset=cfg.subset, data=cfg.data,
+                                data_dir=cfg.data_dir)
     run = RunDir(cfg.run_dir, cfg, evalset.content_hash, model_weights=weights)
     run.check()
     x1 = evalset.x[:1].to(device)
@@ -276,10 +283,11 @@ def run_units(prep: Prepared, units: list[Unit], *, on_done=None, bar=None) -> i
     """
     from ctrobust import diagnostics
     from ctrobust.ct import set_beta
-    from ctrobust.engines import get_engine
+    from ctrobust.engines import get_engine, get_engine_spec
 
     cfg, run, ev = prep.cfg, prep.run, prep.evalset
     engine = get_engine(cfg.engine)
+    attacked = "accuracy" not in get_engine_spec(cfg.engine).measures
     todo = [u for u in units if not run.has_unit(u.key)]
     groups: dict[tuple, list[Unit]] = {}
     for u in todo:
@@ -305,10 +313,14 @@ def run_units(prep: Prepared, units: list[Unit], *, on_done=None, bar=None) -> i
                     x_adv_base = xa
                 x = ev.x[pos]
                 y = ev.y[pos]
-                set_beta(prep.ct_model, float(beta))
-                gh = diagnostics.gradient_health(prep.ct_model, x.to(prep.device), y.to(prep.device))
-                tr = diagnostics.transfer_flags(prep.ct_model, x.to(prep.device), x_adv_base.to(prep.device),
-                                                y.to(prep.device))
+                if attacked:
+                    set_beta(prep.ct_model, float(beta))
+                    gh = diagnostics.gradient_health(prep.ct_model, x.to(prep.device), y.to(prep.device))
+                    tr = diagnostics.transfer_flags(prep.ct_model, x.to(prep.device), x_adv_base.to(prep.device),
+                                                    y.to(prep.device))
+                else:  # no attack (corruptions): no gradients to check, no adversarial point to transfer
+                    gh = {"grad_zero": np.zeros(n, bool), "grad_nonfinite": np.zeros(n, bool)}
+                    tr = np.zeros(n, bool)
                 arrays = {"id": ev.ids[pos].numpy().astype(np.int64), "label": y.numpy().astype(np.int64),
                           "clean_correct": out.clean_correct[sl].astype(bool),
                           "robust": out.robust[sl].astype(bool),
@@ -316,8 +328,14 @@ def run_units(prep: Prepared, units: list[Unit], *, on_done=None, bar=None) -> i
                           "grad_zero": np.asarray(gh["grad_zero"], bool),
                           "grad_nonfinite": np.asarray(gh["grad_nonfinite"], bool),
                           "transfer_broken": np.asarray(tr, bool)}
-                arrays["pixel_linf"], arrays["pixel_l2"], arrays["in_ball"] = _pixel_perturbation(
-                    x, xa, cfg.threat, cfg.eps)
+                if attacked:
+                    arrays["pixel_linf"], arrays["pixel_l2"], arrays["in_ball"] = _pixel_perturbation(
+                        x, xa, cfg.threat, cfg.eps)
+                else:
+                    arrays["pixel_linf"], arrays["in_ball"] = np.zeros(n, np.float32), np.ones(n, bool)
+                    arrays["pixel_l2"] = np.zeros(n, np.float32)
+                if hasattr(ev, "columns"):  # the eval set's own per-row columns (corruption, severity)
+                    arrays.update(ev.columns(pos))
                 adv_arrays = None
                 if out.min_norm is not None:
                     dist, x_mn = out.min_norm[sl], out.x_min_norm[sl]

@@ -11,6 +11,7 @@ The store owns the whole layout of a run dir; no other module opens its files by
     outcomes.npz             all units merged: one row per (example, beta, seed)
     results.csv/.json        one row per (beta, seed) (rows built by :mod:`ctrobust.results`)
     curves.csv               robustness curves of a run with distances: one row per (beta, seed, eps)
+    corruptions.csv          a --threat corruptions run: accuracy per (beta, seed, corruption, severity)
     figures/                 plots regenerated from the stored results
 
 :func:`read_status` reads all of it into a typed :class:`RunStatus` (done / running / pending / failed).
@@ -52,10 +53,13 @@ __all__ = ["RunMismatchError", "RunDir", "PlanEntry", "Failure", "RunStatus", "p
            "RunReader", "RunConfig", "load_sweep_config", "diff_settings"]
 
 OUTCOME_FIELDS = ("id", "label", "beta", "seed", "clean_correct", "robust", "broken_by", "grad_zero",
-                  "grad_nonfinite", "transfer_broken", "pixel_linf", "in_ball", "min_norm", "min_norm_by", "pixel_l2")
+                  "grad_nonfinite", "transfer_broken", "pixel_linf", "in_ball", "min_norm", "min_norm_by",
+                  "corruption", "severity", "pixel_l2")
 
-#: what a unit without a measurement holds in its column (minimum-norm distances not measured: NaN)
-_MISSING = {"min_norm": (np.float32, np.nan), "min_norm_by": ("<U1", ""), "pixel_l2": (np.float32, np.nan)}
+#: what a unit without a measurement holds in its column (minimum-norm distances not measured: NaN; not a
+#: corruption run: no corruption, severity 0; pixel-space L2 perturbation not recorded (older units): NaN)
+_MISSING = {"min_norm": (np.float32, np.nan), "min_norm_by": ("<U1", ""), "corruption": ("<U1", ""),
+            "severity": (np.int64, 0), "pixel_l2": (np.float32, np.nan)}
 
 class RunMismatchError(ConfigError):
     """The run dir was created with different settings (bad input: exit code 2, run dir untouched)."""
@@ -272,16 +276,13 @@ class RunReader:
 
     def curves(self) -> list[dict]:
         """Rows of ``curves.csv`` (one per (beta, seed, eps); ``[]`` for a run without distances)."""
-        p = self.path / "curves.csv"
-        if not p.exists():
-            return []
-        with p.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        for r in rows:
-            for k in ("beta", "eps", "robust_acc", "robust_lo", "robust_hi"):
-                r[k] = float(r[k])
-            r["seed"], r["n"] = int(r["seed"]), int(r["n"])
-        return rows
+        return _read_csv(self.path / "curves.csv", floats=("beta", "eps", "robust_acc", "robust_lo", "robust_hi"),
+                         ints=("seed", "n"))
+
+    def corruptions(self) -> list[dict]:
+        """Rows of ``corruptions.csv`` (``[]`` for a run that is not ``--threat corruptions``)."""
+        return _read_csv(self.path / "corruptions.csv", floats=("beta", "acc", "acc_lo", "acc_hi"),
+                         ints=("seed", "severity", "n"))
 
     def results(self) -> list[dict]:
         """Rows of ``results.json`` (one per (beta, seed))."""
@@ -463,6 +464,10 @@ class RunDir(RunReader):
         """``curves.csv``: the robustness curves, one row per (beta, seed, eps)."""
         atomic_write_text(self.path / "curves.csv", _csv_text(rows, fields))
 
+    def write_corruptions(self, rows: list[dict], fields) -> None:
+        """``corruptions.csv``: accuracy per (beta, seed, corruption, severity)."""
+        atomic_write_text(self.path / "corruptions.csv", _csv_text(rows, fields))
+
 
 def _csv_text(rows: list[dict], fields) -> str:
     """CSV of ``rows`` with the columns ``fields`` (floats as %.6g)."""
@@ -472,6 +477,17 @@ def _csv_text(rows: list[dict], fields) -> str:
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     return buf.getvalue()
+
+
+def _read_csv(p: Path, floats=(), ints=()) -> list[dict]:
+    """Rows of a CSV written by :func:`_csv_text`, with the named columns as floats / ints (``[]`` if absent)."""
+    if not p.exists():
+        return []
+    with p.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r.update({k: float(r[k]) for k in floats}, **{k: int(r[k]) for k in ints})
+    return rows
 
 
 def _read_npz(p: Path):
@@ -682,5 +698,6 @@ def merge_units(units) -> tuple[dict, list[dict]]:
     out = {k: np.concatenate(v) for k, v in cols.items()}
     out["broken_by"] = out["broken_by"].astype(str)
     out["min_norm_by"] = out["min_norm_by"].astype(str)
+    out["corruption"] = out["corruption"].astype(str)
     order = np.lexsort((out["id"], -out["beta"], out["seed"]))
     return {k: v[order] for k, v in out.items()}, [m for _, m in units]

@@ -80,7 +80,7 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepResult:
     units = plan_units(cfg, run, prep.evalset.ids.numpy())
     n_done_before = sum(run.has_unit(u.key) for u in units)
     log(cfg, f"ctrobust: {cfg.model} on {len(prep.evalset.ids)} {cfg.dataset} examples, {cfg.threat} "
-             f"eps={cfg.eps:.5g}, {len(cfg.betas)} betas x {len(cfg.seeds)} seed(s), engine={cfg.engine}, "
+             f"{'' if cfg.eps is None else f'eps={cfg.eps:.5g}, '}{len(cfg.betas)} betas x {len(cfg.seeds)} seed(s), engine={cfg.engine}, "
              f"executor={cfg.executor}, device={prep.device if in_process else cfg.device}; "
              f"{len(units) - n_done_before}/{len(units)} units to run -> {run.path}")
     cov = prep.coverage

@@ -22,7 +22,7 @@ import torch
 
 from ctrobust._registry import did_you_mean
 
-__all__ = ["Threat", "DEFAULT_EPS", "format_eps", "BallViolationError", "DistanceCheckError", "check_distances", "CONSTRAINTS", "check_ball", "check_clamped_ball",
+__all__ = ["Threat", "DEFAULT_EPS", "THREATS", "CORRUPTIONS", "parse_threat", "format_eps", "BallViolationError", "DistanceCheckError", "check_distances", "CONSTRAINTS", "check_ball", "check_clamped_ball",
            "check_constraint", "clamped_distances", "distances"]
 
 #: the constraint sets an attack may be checked against: ``ball`` (the threat model: x_adv in [0, 1] and
@@ -33,7 +33,9 @@ CONSTRAINTS = ("ball", "clamped-ball")
 
 
 class Threat(str, Enum):
-    """The norm of the perturbation ball. A ``str``, so ``Threat.Linf == "Linf"``.
+    """The threat model: the norm of a perturbation ball (``Linf``, ``L2``) or common corruptions
+    (``corruptions``: RobustBench's third threat model, no ball and no attack). A ``str``, so
+    ``Threat.Linf == "Linf"``. Functions about balls (``distances``, ``check_ball``) take the two norms.
 
     ``Threat("linf")`` and ``Threat.parse("LINF")`` are case-insensitive (``L_inf``/``inf`` are accepted
     for ``Linf``); ``parse`` raises an
@@ -42,6 +44,7 @@ class Threat(str, Enum):
 
     Linf = "Linf"
     L2 = "L2"
+    corruptions = "corruptions"
 
     def __str__(self) -> str:  # "Linf", not "Threat.Linf", in messages and file names
         return self.value
@@ -50,7 +53,8 @@ class Threat(str, Enum):
     def _missing_(cls, value):
         if isinstance(value, str):
             key = value.strip().lower().replace("_", "").replace("-", "")
-            return {"linf": cls.Linf, "inf": cls.Linf, "linfty": cls.Linf, "l2": cls.L2}.get(key)
+            return {"linf": cls.Linf, "inf": cls.Linf, "linfty": cls.Linf, "l2": cls.L2,
+                    "corruptions": cls.corruptions, "corruption": cls.corruptions}.get(key)
         return None
 
     @classmethod
@@ -72,6 +76,18 @@ class Threat(str, Enum):
             return cls(value)
         except ValueError:
             raise did_you_mean("threat model", str(value), [m.value for m in cls]) from None
+
+
+#: the threat that is not a perturbation ball: accuracy under common corruptions (RobustBench's CIFAR-10-C,
+#: CIFAR-100-C, ImageNet-C), no attack
+CORRUPTIONS = Threat.corruptions.value
+#: every threat a sweep evaluates: the two norm balls and the corruptions
+THREATS = tuple(t.value for t in Threat)
+
+
+def parse_threat(value) -> str:
+    """``"linf"``, ``"L2"``, ``"corruptions"`` (any case) -> the canonical name ("did you mean" otherwise)."""
+    return Threat.parse(value).value
 
 
 #: Default radii of the RobustBench leaderboards (images in [0, 1]).

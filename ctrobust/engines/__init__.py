@@ -1,4 +1,5 @@
-"""Attack engines behind one interface (``AttackEngine.run``): ``reference`` and ``fast``.
+"""Engines behind one interface (``AttackEngine.run``): the attack engines ``reference`` and ``fast``, and
+``forward`` (no attack: per-example correctness, for common corruptions).
 
 Each engine has one :class:`EngineSpec` here; what an engine *is* (whether it batches betas, whether its
 outcomes depend on the batch size, which constraint sets it can check) is read from its class, so a config
@@ -63,12 +64,18 @@ def _fast():
     return FastEngine
 
 
+def _forward():
+    from ctrobust.engines.forward import ForwardEngine
+    return ForwardEngine
+
+
 ENGINES: dict[str, EngineSpec] = {s.name: s for s in (EngineSpec("reference", _reference),
-                                                       EngineSpec("fast", _fast))}
+                                                       EngineSpec("fast", _fast), EngineSpec("forward", _forward))}
 
 
 def list_engines() -> list[str]:
-    return sorted(ENGINES)
+    """The attack engines (what ``--engine`` chooses from); ``forward`` is chosen by its measurement."""
+    return sorted(n for n, spec in ENGINES.items() if "bounded" in spec.measures)
 
 
 def get_engine_spec(name: str) -> EngineSpec:

@@ -242,6 +242,8 @@ def _md_run(s: RunSummary) -> list[str]:
     lines.append("")
     if s.distances is not None:
         lines += _md_distances(s.distances)
+    if s.corruptions is not None:
+        lines += _md_corruptions(s.corruptions)
     for w in s.warnings:
         lines.append(f"- warning: {w}")
     if s.warnings:
@@ -282,6 +284,20 @@ def _facc_ci(acc, ci) -> str:
 
 def _fweaker(e: EpsComparison | None) -> str:
     return "—" if e is None else ("YES" if e.min_norm_weaker else "no")
+
+
+def _md_corruptions(c) -> list[str]:
+    lines = ["### Common corruptions", "",
+             "No attack: \"robust accuracy\" above is the accuracy on the corrupted images (mean over the "
+             "(corruption, severity) pairs), and the paired tests compare correctness at each beta with beta = 1. "
+             f"Per pair, at beta = 1 and at the {c.chosen_by} choice beta = {c.beta:g} (all seeds pooled):", "",
+             "| corruption | severity | n | beta = 1 (%) | chosen beta (%) | gain (pts) |",
+             "|---|---|---|---|---|---|"]
+    for r in c.rows:
+        lines.append(f"| {r.corruption} | {r.severity} | {r.n} | {_f(r.base_acc_pct)} | {_f(r.acc_pct)} "
+                     f"| {_f(r.gain_pts)} |")
+    lines.append("")
+    return lines
 
 
 def _md_distances(d: DistanceSummary) -> list[str]:

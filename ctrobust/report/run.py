@@ -13,6 +13,7 @@ from ctrobust.curves import has_distances
 from ctrobust.diagnostics import masking_flags
 from ctrobust.report._util import bkey, opt_float, pct
 from ctrobust.config import RunConfig
+from ctrobust.report.corruptions import has_corruptions, summarize_corruptions
 from ctrobust.report.distances import summarize_distances
 from ctrobust.report.selection import bootstrap_run, summarize_seed
 from ctrobust.report.summary import (AttackCounts, BaseStats, BetaSummary, MaskingFlags, MaskingSummary, MeanStd,
@@ -168,8 +169,10 @@ def summarize_run(outcomes: Mapping[str, Any], config=None, *, select_on: str = 
         distances = summarize_distances(outcomes, config, select_on=select_on, split_seed=split_seed, conf=conf,
                                         tie_break=tie_break, n_boot=n_boot, boot_seed=boot_seed)
 
+    corruptions = summarize_corruptions(outcomes, oracle, heldout) if has_corruptions(outcomes) else None
+
     return RunSummary(name=name, settings=settings, select_on=select_on,
                       split_seed=split_seed if select_on == "half" else None, conf=conf, tie_break=tie_break,
                       n_boot=n_boot, boot_seed=boot_seed, n_seeds=len(seeds), oracle=oracle, heldout=heldout,
                       per_seed=per_seed, per_beta=tuple(per_beta), per_attack=per_attack,
-                      warnings=tuple(warnings), distances=distances, _replicates=boot)
+                      warnings=tuple(warnings), distances=distances, corruptions=corruptions, _replicates=boot)

@@ -391,6 +391,46 @@ class DistanceSeed:
 
 
 @dataclass(frozen=True)
+class CorruptionRow:
+    """Accuracy on one (corruption, severity) pair: at beta = 1 and at the chosen beta (all seeds pooled).
+
+    Attributes:
+        corruption: RobustBench's name (``fog``).
+        severity: 1..5.
+        n: images per beta (all seeds).
+        base_acc_pct: accuracy at beta = 1.
+        acc_pct: accuracy at the chosen beta.
+        gain_pts: ``acc_pct - base_acc_pct``.
+    """
+
+    corruption: str
+    severity: int
+    n: int
+    base_acc_pct: float
+    acc_pct: float
+    gain_pts: float
+
+
+@dataclass(frozen=True)
+class CorruptionSummary:
+    """A ``--threat corruptions`` run: every pair's accuracy at beta = 1 and at the beta the report chose.
+
+    The run's headline numbers (base, oracle and held-out beta, paired tests against beta = 1) are the report's
+    usual ones, computed on per-example correctness on the corrupted images: its "robust accuracy" is the
+    accuracy under corruptions (mean over the pairs, which all have the same number of images).
+
+    Attributes:
+        beta: the chosen beta (held-out choice of the first seed, else the oracle's).
+        chosen_by: ``"heldout"`` or ``"oracle"``.
+        rows: one per pair, in the run's order.
+    """
+
+    beta: float
+    chosen_by: str
+    rows: tuple[CorruptionRow, ...]
+
+
+@dataclass(frozen=True)
 class DistanceSummary:
     """A run's minimal perturbations (a minimum-norm attack's per-example distances), per seed and beta.
 
@@ -439,6 +479,7 @@ class RunSummary:
         per_attack: rows per beta by first breaking attack (``None``: no ``broken_by`` column).
         warnings: anything the reader should know (partial run, config mismatch, results cross-check).
         distances: the minimum-norm attack's per-example distances (``None``: the run has none).
+        corruptions: per (corruption, severity) accuracy of a ``--threat corruptions`` run (``None`` otherwise).
     """
 
     name: str | None
@@ -457,6 +498,7 @@ class RunSummary:
     per_attack: tuple[AttackCounts, ...] | None
     warnings: tuple[str, ...]
     distances: DistanceSummary | None = None
+    corruptions: CorruptionSummary | None = None
     # bootstrap replicates for the cross-run aggregate: large, so not in the JSON, repr or comparisons
     _replicates: BootReplicates | None = field(default=None, repr=False, compare=False)
 
