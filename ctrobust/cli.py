@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma/space list of Linf | L2 | corruptions [all three, as the paper]; --threat is the "
                          "same option (one threat)")
     rp.add_argument("--protocols", nargs="+", default=["reference,valid"], help="reference,valid [both]")
+    rp.add_argument("--corruptions", help="corruptions cells: all or a list such as fog,snow [all, as the paper]")
+    rp.add_argument("--severities", help="corruptions cells: all or e.g. 1,3,5 [all, as the paper]")
     rp.add_argument("--out", help="study directory [runs/reproduce-<study>-<model>-<threats joined by ->]")
     add_config_options(rp, study=True)
     return p
@@ -363,6 +365,7 @@ def _cmd_reproduce(a) -> int:
     threats = parse_threats(a.threats)
     out = a.out or f"runs/reproduce-{a.study}-{str(a.model).lower()}-{'-'.join(threats)}"
     opts = {k: getattr(a, k, None) for k in SweepConfig.study_fields()}
+    opts.update(corruptions=a.corruptions, severities=a.severities)
     spec = spec_from_options(a.study, model=a.model, datasets=a.datasets, threats=threats, protocols=a.protocols,
                              out=out, **opts)
     res = run_study(spec)

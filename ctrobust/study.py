@@ -171,6 +171,8 @@ def _cells_for(protocols, threat: str = "Linf") -> list[str]:
     return cells
 
 
+#: study options of the corruptions cells only (``--corruptions``, ``--severities``; default all, as the paper)
+CORRUPTION_OPTIONS = ("corruptions", "severities")
 #: study options that mean nothing without an attack: not passed to a corruptions cell
 _ATTACK_OPTIONS = ("attacks", "engine", "data", "subset")
 
@@ -221,6 +223,8 @@ def plan_study(spec: StudySpec) -> list[StudyCell]:
     if not datasets or not protocols:
         raise ConfigError("a study needs at least one dataset and one protocol")
     opts = {k: v for k, v in spec.options.items() if v is not None}
+    # which corruptions and severities (shrinks the corruptions cells; the paper's: all 15 x 1-5)
+    corr_opts = {k: opts.pop(k) for k in CORRUPTION_OPTIONS if k in opts}
     unknown = set(opts) - set(STUDY_OPTIONS)
     if unknown:
         raise ConfigError(str(did_you_mean("study option", sorted(unknown)[0], STUDY_OPTIONS)))
@@ -231,7 +235,8 @@ def plan_study(spec: StudySpec) -> list[StudyCell]:
         for d in datasets:
             for cell in _cells_for(protocols, threat):
                 c = StudyCell(d, cell, None, threat, legacy)
-                c.cfg = _cell_config(paper, spec.model, threat, d, cell, opts, out / "runs" / c.name)
+                cell_opts = {**opts, **corr_opts} if threat == "corruptions" else opts
+                c.cfg = _cell_config(paper, spec.model, threat, d, cell, cell_opts, out / "runs" / c.name)
                 cells.append(c)
     return cells
 
