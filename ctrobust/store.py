@@ -88,11 +88,44 @@ def stable_hash(obj, n: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:n]
 
 
+def _read_umask() -> int:
+    """The process umask, read without changing it where the kernel tells it (``/proc/self/status``,
+    Linux >= 4.7); else set and restored once, here at import, before any thread of ours writes."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+#: the mode a plain ``open(path, "w")`` gives a new file: what every atomic write gives its file too
+#: (``mkstemp`` creates 0600, which would hide results from the group that shares a run dir)
+FILE_MODE = 0o666 & ~_read_umask()
+
+
+def _mkstemp_for(path: Path):
+    """A temp file beside ``path``, with the mode a plain write would give ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd, tmp
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename), with the mode a
+    plain write would give it (``0o666 & ~umask``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    fd, tmp = _mkstemp_for(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -117,7 +150,7 @@ def atomic_create_text(path, text: str) -> bool:
     so two processes creating the same file never see it half-written and never overwrite each other."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    fd, tmp = _mkstemp_for(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode())
