@@ -1,12 +1,16 @@
 """``ctrobust`` command line: argument parsing only; every command calls into the library.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad input (one-line error, no traceback; set
-``CTROBUST_DEBUG=1`` to see tracebacks).
+``CTROBUST_DEBUG=1`` to see tracebacks). A condition the user can fix -- a read-only, full or unwritable
+output folder, a path through a file -- is bad input: one line naming the path and the fix. A closed
+output pipe (``ctrobust report RUN | head``) is not an error: the command stops silently with 141, the
+status a shell gives a command killed by SIGPIPE (as ``cat``/``yes`` would).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -196,6 +200,45 @@ def _bad_input_types() -> tuple:
     return tuple(types)
 
 
+#: errno -> (what it means, what to do): the OS errors a user causes and can fix
+_OS_FIXES = {
+    errno.EROFS: ("is on a read-only file system", "write somewhere writable (--out DIR)"),
+    errno.EACCES: ("is not writable (permission denied)", "use a folder you may write to (--out DIR) or change its "
+                                                          "permissions"),
+    errno.EPERM: ("is not writable (operation not permitted)", "use a folder you may write to (--out DIR)"),
+    errno.ENOSPC: ("is on a full disk (no space left)", "free some space or write elsewhere (--out DIR); finished "
+                                                        "units are kept, re-run the command to resume"),
+    errno.EDQUOT: ("is over the disk quota", "free some space or write elsewhere (--out DIR); finished units are "
+                                             "kept, re-run the command to resume"),
+    errno.ENOTDIR: ("", "choose another path (--out DIR)"),
+}
+
+
+def _os_error_line(exc: OSError) -> str | None:
+    """One line for an OS error the user can fix (see :data:`_OS_FIXES`), naming the path; None otherwise."""
+    if exc.errno not in _OS_FIXES:
+        return None
+    what, fix = _OS_FIXES[exc.errno]
+    path = exc.filename2 if exc.filename2 is not None else exc.filename
+    path = os.fsdecode(path) if path is not None else "the output"
+    if exc.errno == errno.ENOTDIR:  # name the file that stands where a folder is needed
+        blocker = next((q for q in [Path(path), *Path(path).parents] if q.is_file()), None)
+        if blocker is not None:
+            return f"{str(blocker)!r} is a file, not a folder, so {path!r} cannot be created: {fix}"
+        return f"{path!r}: a part of the path is not a folder: {fix}"
+    return f"{path!r} {what}: {fix}"
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``| head``): stop quietly, and keep Python's exit flush quiet too."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return 141
+
+
 def _cmd_sweep(a) -> int:
     from ctrobust.config import ConfigError, SweepConfig
     from ctrobust.store import RunReader
@@ -382,13 +425,21 @@ def main(argv=None) -> int:
         return 2
     debug = bool(os.environ.get("CTROBUST_DEBUG"))
     try:
-        return _COMMANDS[a.command](a)
+        code = _COMMANDS[a.command](a)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+        return code
     except KeyboardInterrupt:
         print("ctrobust: interrupted; finished units are kept, re-run the command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
     except Exception as exc:  # noqa: BLE001 - the CLI boundary: classify, print one line
         if debug:
             raise
+        line = _os_error_line(exc) if isinstance(exc, OSError) else None
+        if line is not None:
+            print(f"ctrobust: error: {line}", file=sys.stderr)
+            return 2
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if getattr(exc, "all_lines", False):  # a list of every missing input (one per line)
             msg = str(exc).strip()

@@ -16,6 +16,7 @@ import numpy as np
 from ctrobust import stats
 from ctrobust.attacks import ATTACKS, attack_order
 from ctrobust.curves import default_curve_eps, has_distances, parse_curve_eps, robust_at
+from ctrobust.store import atomic_write_bytes
 from ctrobust.threat import format_eps
 
 __all__ = ["plot_runs", "plot_curves", "curve_table", "plot_study"]
@@ -38,16 +39,20 @@ def _per_beta(rows: list[dict], key: str):
 
 def _save(fig, out_dir: Path, name: str, formats) -> list[Path]:
     """Write ``fig`` as ``<out_dir>/<name>.<fmt>`` for each format and close it."""
+    import io
+
     import matplotlib.pyplot as plt
 
     paths = []
-    for fmt in formats:
-        p = out_dir / f"{name}.{fmt}"
-        tmp = p.with_name(f".{p.name}.tmp.{fmt}")
-        fig.savefig(tmp, dpi=150, format=fmt)
-        tmp.replace(p)  # atomic: an interrupted redraw never leaves half a figure
-        paths.append(p)
-    plt.close(fig)
+    try:
+        for fmt in formats:
+            p = out_dir / f"{name}.{fmt}"
+            buf = io.BytesIO()
+            fig.savefig(buf, dpi=150, format=fmt)
+            atomic_write_bytes(p, buf.getvalue())  # an interrupted redraw never leaves half a figure
+            paths.append(p)
+    finally:
+        plt.close(fig)
     return paths
 
 

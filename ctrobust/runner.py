@@ -95,6 +95,10 @@ def resolve_device(spec: str) -> torch.device:
             raise ConfigError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                  and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {spec}: MPS (Apple GPU) is not available on this machine; "
+                          "use --device cpu or auto")
     return dev
 
 

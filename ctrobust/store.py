@@ -120,23 +120,36 @@ def _mkstemp_for(path: Path):
     return fd, tmp
 
 
+def _named(exc: OSError, path: Path) -> OSError:
+    """The same error (same errno, so the same ``OSError`` subclass) naming the file the caller asked for,
+    not the temp file beside it: what the CLI shows the user."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, str(path))
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename), with the mode a
-    plain write would give it (``0o666 & ~umask``)."""
+    plain write would give it (``0o666 & ~umask``). An ``OSError`` names ``path``, never the temp file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _mkstemp_for(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _mkstemp_for(path)
+    except OSError as exc:
+        raise _named(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise _named(exc, path) from exc
         raise
 
 
@@ -149,8 +162,11 @@ def atomic_create_text(path, text: str) -> bool:
     hard-linked into place, which fails if ``path`` exists. Returns False (writing nothing) if it did,
     so two processes creating the same file never see it half-written and never overwrite each other."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _mkstemp_for(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _mkstemp_for(path)
+    except OSError as exc:
+        raise _named(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode())
@@ -161,6 +177,8 @@ def atomic_create_text(path, text: str) -> bool:
         except FileExistsError:
             return False
         return True
+    except OSError as exc:
+        raise _named(exc, path) from exc
     finally:
         try:
             os.unlink(tmp)

@@ -58,3 +58,79 @@ def test_result_files_get_the_mode_a_plain_write_gives_under_umask_022(tmp_path)
     assert any(p.parent.name == "units" and p.suffix == ".npz" for p in files)
     for p in files:
         assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+
+
+# -- 2. foreseeable conditions: one line, exit 2, the fix named, nothing damaged -----------------------------
+
+
+def _raise(err: int):
+    def fail(*a, **k):
+        raise OSError(err, os.strerror(err), a[0] if a and isinstance(a[0], (str, Path)) else None)
+    return fail
+
+
+@pytest.mark.parametrize("where", ["os.replace", "tempfile.mkstemp"])
+def test_rerun_on_a_read_only_out_is_one_line_and_damages_nothing(tiny_run, monkeypatch, capsys, where):
+    import tempfile
+    before = _snapshot(tiny_run)
+    capsys.readouterr()
+    mod, name = where.split(".")
+    monkeypatch.setattr({"os": os, "tempfile": tempfile}[mod], name, _raise(__import__("errno").EROFS))
+    assert main(["sweep", *TINY, "--out", str(tiny_run)]) == 2
+    monkeypatch.undo()
+    err = _one_line_error(capsys)
+    assert "read-only" in err and str(tiny_run) in err and "--out" in err and ".tmp" not in err
+    assert _snapshot(tiny_run) == before
+
+
+def test_plot_on_a_read_only_folder_is_one_line_and_damages_nothing(tiny_run, monkeypatch, capsys):
+    import errno
+    import tempfile
+    before = _snapshot(tiny_run)
+    capsys.readouterr()
+    monkeypatch.setattr(tempfile, "mkstemp", _raise(errno.EROFS))
+    assert main(["plot", str(tiny_run)]) == 2
+    monkeypatch.undo()
+    err = _one_line_error(capsys)
+    assert "read-only" in err and "sweep.png" in err and ".tmp" not in err
+    assert _snapshot(tiny_run) == before
+
+
+@pytest.mark.parametrize("err,needle", [("ENOSPC", "no space left"), ("EACCES", "permission denied")])
+def test_report_out_on_a_full_or_forbidden_disk_names_the_file(tiny_run, tmp_path, monkeypatch, capsys, err,
+                                                               needle):
+    import errno
+    monkeypatch.setattr(os, "replace", _raise(getattr(errno, err)))
+    out = tmp_path / "report.md"
+    assert main(["report", str(tiny_run), "--out", str(out)]) == 2
+    monkeypatch.undo()
+    line = _one_line_error(capsys)
+    assert needle in line and repr(str(out)) in line and "--out" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_through_a_file_names_the_file(tmp_path, capsys):
+    (tmp_path / "afile").write_text("mine\n")
+    assert main(["sweep", *TINY, "--out", str(tmp_path / "afile" / "sub")]) == 2
+    err = _one_line_error(capsys)
+    assert f"{str(tmp_path / 'afile')!r} is a file, not a folder" in err and "--out" in err
+    assert (tmp_path / "afile").read_text() == "mine\n"
+
+
+def test_device_mps_without_mps_names_the_devices_to_use(tmp_path, capsys):
+    import torch
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    assert main(["sweep", *TINY, "--device", "mps", "--out", str(tmp_path / "r")]) == 2
+    err = _one_line_error(capsys)
+    assert "--device cpu" in err and "auto" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_into_a_closed_pipe_stops_silently(tiny_run):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "ctrobust.cli", "report", str(tiny_run)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env)
+    p.stdout.close()  # the reader is gone before the report is written (`| head` that has read enough)
+    err = p.stderr.read().decode()
+    assert p.wait() == 141 and err == ""
