@@ -371,7 +371,8 @@ def format_status(st) -> str:
     """Human-readable lines of a :class:`ctrobust.store.RunStatus`: counts, ETA, per beta, failures."""
     from ctrobust.store import UNIT_STATES
 
-    lines = [f"{st.run_dir}: {len(st.plan)} units - " + ", ".join(f"{st.count(s)} {s}" for s in UNIT_STATES)]
+    shown = [s for s in UNIT_STATES if s != "damaged" or st.count(s)]
+    lines = [f"{st.run_dir}: {len(st.plan)} units - " + ", ".join(f"{st.count(s)} {s}" for s in shown)]
     left = st.count("running") + st.count("pending")
     workers = max(1, st.running_items)
     if st.unit_seconds and left:
@@ -385,6 +386,9 @@ def format_status(st) -> str:
                      f" ({sum(st.state[u.key] == 'running' for u in us)} running)"))
     for item, f in st.failures.items():
         lines.append(f"  {item}: {f.attempts} failed attempt(s), last: {f.error}")
+    for key, why in st.damaged.items():
+        lines.append(f"  damaged: units/{key}.npz ({why}); the next sweep moves it to units/damaged/ and "
+                     "recomputes it")
     return "\n".join(lines)
 
 

@@ -7,13 +7,15 @@ The store owns the whole layout of a run dir; no other module opens its files by
     units/<key>.npz          one finished work unit (beta, seed, example chunk): per-example arrays + meta
     units/<item>.lock        a work item's claim (exclusive ``flock``; released by the kernel on death)
     units/<item>.failed      a work item's failed attempts (:class:`Failure`)
+    units/damaged/           unit files found damaged (unreadable, a field missing), set aside by the next sweep
     units/<key>.adv.npz      a unit's minimum-norm points (``--save-adv``)
     outcomes.npz             all units merged: one row per (example, beta, seed)
     results.csv/.json        one row per (beta, seed) (rows built by :mod:`ctrobust.results`)
     curves.csv               robustness curves of a run with distances: one row per (beta, seed, eps)
     figures/                 plots regenerated from the stored results
 
-:func:`read_status` reads all of it into a typed :class:`RunStatus` (done / running / pending / failed).
+:func:`read_status` reads all of it into a typed :class:`RunStatus` (done / running / pending / failed /
+damaged).
 
 Every write goes to a temporary file in the same folder and is renamed into place (``os.replace``), so a
 killed process leaves either the previous file or the new one, never half of one. A unit's key hashes
@@ -56,6 +58,37 @@ OUTCOME_FIELDS = ("id", "label", "beta", "seed", "clean_correct", "robust", "bro
 
 #: what a unit without a measurement holds in its column (minimum-norm distances not measured: NaN)
 _MISSING = {"min_norm": (np.float32, np.nan), "min_norm_by": ("<U1", "")}
+
+#: the arrays without which a unit file means nothing (beta and seed are in its metadata)
+_UNIT_ARRAYS = ("id", "label", "clean_correct", "robust", "broken_by")
+
+
+def _arrays_problem(arrays: dict) -> str | None:
+    """Why a unit's arrays cannot be merged (a field missing, lengths that differ), or None."""
+    missing = [k for k in _UNIT_ARRAYS if k not in arrays]
+    if missing:
+        return "missing field " + ", ".join(repr(k) for k in missing)
+    lengths = {k: np.shape(arrays[k])[:1] for k in _UNIT_ARRAYS + tuple(k for k in _MISSING if k in arrays)}
+    if len(set(lengths.values())) > 1 or () in lengths.values():
+        return "fields of different lengths"
+    return None
+
+
+def _unit_problem(p: Path, key: str, experiment: str | None) -> str | None:
+    """Why the file ``p`` of unit ``key`` is damaged, or None if it is absent or a whole unit of ``key``
+    (of ``experiment`` when given)."""
+    if not p.exists():
+        return None
+    got = _read_npz(p)
+    if got is None:
+        return "not a readable unit file"
+    arrays, meta = got
+    if meta.get("key") != key:
+        return f"holds unit {meta.get('key')!r}, not {key!r}"
+    if experiment is not None and meta.get("experiment") != experiment:
+        return "holds another experiment's unit"
+    return _arrays_problem(arrays)
+
 
 class RunMismatchError(ConfigError):
     """The run dir was created with different settings (bad input: exit code 2, run dir untouched)."""
@@ -283,21 +316,39 @@ class RunReader:
         """Where the run stands: plan, state per unit, failures, unit seconds (reads only)."""
         max_retries = int(self.config().max_retries)
         plan = self.plan()
-        state, secs = {}, []
+        experiment = self.experiment_key()
+        state, secs, damaged = {}, [], {}
         for u in plan:
-            meta = _unit_meta(self.unit_path(u.key))
-            if meta is not None and meta.get("key") == u.key:
+            p = self.unit_path(u.key)
+            problem = _unit_problem(p, u.key, experiment)
+            meta = _unit_meta(p) if problem is None else None
+            if meta is not None:
                 state[u.key] = "done"
                 if isinstance(meta.get("seconds"), (int, float)):
                     secs.append(float(meta["seconds"]))
             elif is_claimed(self.lock_path(u.item)):
                 state[u.key] = "running"
+            elif problem is not None:
+                state[u.key] = "damaged"
+                damaged[u.key] = problem
             elif self.failure(u.item).attempts > max_retries:
                 state[u.key] = "failed"
             else:
                 state[u.key] = "pending"
         failures = {f.stem: _read_failure(f) for f in sorted(self.units_dir.glob("*.failed"))}
-        return RunStatus(self.path, plan, state, failures, secs)
+        return RunStatus(self.path, plan, state, failures, secs, damaged)
+
+    def damaged_units(self, experiment_key: str | None = None) -> dict:
+        """``{unit file: why}`` for every unit file that is not a whole unit: unreadable, a field missing, or
+        named for another unit (of ``experiment_key`` when given)."""
+        out = {}
+        for p in sorted(self.units_dir.glob("*.npz")):
+            if p.name.endswith(".adv.npz"):
+                continue
+            problem = _unit_problem(p, p.stem, experiment_key)
+            if problem is not None:
+                out[p] = problem
+        return out
 
     def read_units(self, experiment_key: str | None = None) -> list[tuple[dict, dict]]:
         """``(arrays, meta)`` of every finished unit of the experiment (``experiment_key``, default the one
@@ -308,8 +359,8 @@ class RunReader:
             if p.name.endswith(".adv.npz"):  # a unit's saved points, not a unit
                 continue
             got = _read_npz(p)
-            if got is None or (key is not None and got[1].get("experiment") != key):
-                continue
+            if got is None or (key is not None and got[1].get("experiment") != key) or _arrays_problem(got[0]):
+                continue  # damaged units are listed by status and set aside by the next sweep
             units.append(got)
         return units
 
@@ -451,7 +502,8 @@ class RunDir(RunReader):
         if self._whole.get(key) == stamp:
             return True
         got = _read_npz(p)
-        ok = got is not None and got[1].get("key") == key and got[1].get("experiment") == self.key
+        ok = (got is not None and got[1].get("key") == key and got[1].get("experiment") == self.key
+              and _arrays_problem(got[0]) is None)
         if ok:
             self._whole[key] = stamp
         return ok
@@ -475,9 +527,27 @@ class RunDir(RunReader):
         if got is None:
             return None
         arrays, meta = got
-        if meta.get("key") != key or meta.get("experiment") != self.key:
+        if meta.get("key") != key or meta.get("experiment") != self.key or _arrays_problem(arrays):
             return None
         return arrays, meta
+
+    def set_aside_damaged(self) -> dict:
+        """Move every damaged unit file (:meth:`damaged_units`) to ``units/damaged/`` (kept for a look, never
+        deleted), so its unit runs again; returns ``{moved-to path: why}``."""
+        moved = {}
+        for p, why in self.damaged_units().items():
+            dest_dir = self.units_dir / "damaged"
+            dest_dir.mkdir(exist_ok=True)
+            dest = dest_dir / p.name
+            n = 1
+            while dest.exists():
+                dest, n = dest_dir / f"{p.stem}.{n}.npz", n + 1
+            try:
+                os.replace(p, dest)
+            except FileNotFoundError:  # another sweep moved or rewrote it
+                continue
+            moved[dest] = why
+        return moved
 
     # -- plan, claims, failures ------------------------------------------------------------------
     def write_plan(self, entries: "list[PlanEntry]") -> None:
@@ -641,8 +711,8 @@ def read_plan(run_dir) -> list[PlanEntry]:
     return RunReader(run_dir).plan()
 
 
-#: the states of a planned unit, in display order.
-UNIT_STATES = ("done", "running", "pending", "failed")
+#: the states of a planned unit, in display order (damaged: a unit file that is not a whole unit).
+UNIT_STATES = ("done", "running", "pending", "failed", "damaged")
 
 
 @dataclass
@@ -655,6 +725,7 @@ class RunStatus:
         state: unit key -> one of :data:`UNIT_STATES`.
         failures: work item -> its :class:`Failure` (items with at least one failed attempt).
         unit_seconds: seconds of each finished unit (for an ETA).
+        damaged: unit key -> why its file is damaged (the next sweep sets it aside and recomputes it).
     """
 
     run_dir: Path
@@ -662,6 +733,7 @@ class RunStatus:
     state: dict
     failures: dict = field(default_factory=dict)
     unit_seconds: list = field(default_factory=list)
+    damaged: dict = field(default_factory=dict)
 
     def count(self, state: str) -> int:
         return sum(1 for v in self.state.values() if v == state)

@@ -77,6 +77,9 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepResult:
     # workers elsewhere load their own model on their device: here it is only validated and planned
     prep = prepare(cfg, None if in_process else torch.device("cpu"))
     run = prep.run
+    for dest, why in run.set_aside_damaged().items():
+        print(f"ctrobust: warning: damaged unit file ({why}) moved to {dest}; its unit runs again",
+              file=sys.stderr)
     units = plan_units(cfg, run, prep.evalset.ids.numpy())
     n_done_before = sum(run.has_unit(u.key) for u in units)
     log(cfg, f"ctrobust: {cfg.model} on {len(prep.evalset.ids)} {cfg.dataset} examples, {cfg.threat} "

@@ -134,3 +134,50 @@ def test_report_into_a_closed_pipe_stops_silently(tiny_run):
     p.stdout.close()  # the reader is gone before the report is written (`| head` that has read enough)
     err = p.stderr.read().decode()
     assert p.wait() == 141 and err == ""
+
+
+# -- 3. damaged units --------------------------------------------------------------------------------------
+
+
+def _damage(unit: Path, how: str) -> None:
+    import io
+    import numpy as np
+    if how == "garbage":
+        unit.write_bytes(os.urandom(3000))
+        return
+    with np.load(unit, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "id"}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    unit.write_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize("how,why", [("no-id", "missing field 'id'"), ("garbage", "not a readable unit file")])
+def test_a_damaged_unit_is_named_by_status_and_set_aside_and_recomputed_by_the_next_sweep(
+        tiny_run, tmp_path, capsys, how, why):
+    import shutil
+
+    import numpy as np
+
+    from ctrobust.store import load_outcomes
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "outcomes.npz").unlink()  # read from the units, as while a sweep runs
+    unit = sorted(p for p in (run / "units").glob("*.npz") if not p.name.endswith(".adv.npz"))[0]
+    _damage(unit, how)
+    damaged_bytes = unit.read_bytes()
+    capsys.readouterr()
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "1 done" in out and "1 damaged" in out and f"units/{unit.name} ({why})" in out
+    assert len(load_outcomes(run)["id"]) == 4  # the readers skip it, no KeyError
+    assert main(["sweep", *TINY, "--out", str(run)]) == 0
+    cap = capsys.readouterr()
+    assert "ran 1 unit(s), 1 already done" in cap.out and "damaged unit file" in cap.err
+    assert (run / "units" / "damaged" / unit.name).read_bytes() == damaged_bytes  # kept, not deleted
+    want, got = load_outcomes(tiny_run), load_outcomes(run)
+    for k in ("id", "beta", "clean_correct", "robust", "broken_by"):
+        np.testing.assert_array_equal(got[k], want[k])
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "2 done" in out and " damaged" not in out.replace(str(run), "")
