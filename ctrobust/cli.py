@@ -67,6 +67,10 @@ examples:
 """
 
 
+_RUN_DIR_HELP = "a run dir, or a study dir of `ctrobust reproduce` (each of its cells' run dirs)"
+_CELL_HELP = "of a study dir, only this cell: cifar10-valid, or valid (that cell of every dataset)"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
         self.exit(2, f"ctrobust: error: {message} (see `{self.prog} --help`)\n")
@@ -130,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="redraw figures from stored results; several runs overlay",
                         epilog="example:\n  ctrobust plot runs/a runs/b --out figures\n",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help=_RUN_DIR_HELP)
+    pl.add_argument("--cell", help=_CELL_HELP)
     pl.add_argument("--out", help="output folder [<first RUN_DIR>/figures]")
     pl.add_argument("--name", default="sweep", help="file stem [sweep]")
 
@@ -148,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="reproduction report: held-out beta, intervals, McNemar, masking",
                        epilog="example:\n  ctrobust report runs/demo --format md > report.md\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help=_RUN_DIR_HELP)
+    r.add_argument("--cell", help=_CELL_HELP)
     r.add_argument("--format", choices=("md", "json"), default="md")
     r.add_argument("--select-on", dest="select_on", choices=("half", "same"), default="half",
                    help="choose beta on a held-out half (default) or on the reported points (the paper)")
@@ -168,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--only", nargs="+", metavar="NAME", help="only these models, of any family (with --coverage)")
 
     st = sub.add_parser("status", help="done / running / pending / failed units of a run dir, ETA")
-    st.add_argument("run_dir", metavar="RUN_DIR")
+    st.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_DIR_HELP)
+    st.add_argument("--cell", help=_CELL_HELP)
 
     rp = sub.add_parser("reproduce", help="a study: the paper's robustness table under the reference protocol "
                                           "and the valid one, with a decomposition (resumable)",
@@ -284,8 +291,10 @@ def _cmd_demo(a) -> int:
 
 def _cmd_plot(a) -> int:
     from ctrobust.plots import plot_runs
+    from ctrobust.store import expand_run_dirs
 
-    for p in plot_runs(a.run_dirs, out_dir=a.out, name=a.name):
+    out = a.out or Path(a.run_dirs[0]) / "figures"
+    for p in plot_runs(expand_run_dirs(a.run_dirs, a.cell), out_dir=out, name=a.name):
         print(p)
     return 0
 
@@ -314,7 +323,9 @@ def _cmd_check(a) -> int:
 def _cmd_report(a) -> int:
     from ctrobust.report import build_report
 
-    text = build_report(a.run_dirs, fmt=a.format, select_on=a.select_on, split_seed=a.split_seed)
+    from ctrobust.store import expand_run_dirs
+
+    text = build_report(expand_run_dirs(a.run_dirs, a.cell), fmt=a.format, select_on=a.select_on, split_seed=a.split_seed)
     if a.out:
         from ctrobust.store import atomic_write_text
         atomic_write_text(a.out, text if text.endswith("\n") else text + "\n")
@@ -393,9 +404,9 @@ def format_status(st) -> str:
 
 
 def _cmd_status(a) -> int:
-    from ctrobust.store import read_status
+    from ctrobust.store import expand_run_dirs, read_status
 
-    print(format_status(read_status(a.run_dir)))
+    print("\n".join(format_status(read_status(d)) for d in expand_run_dirs([a.run_dir], a.cell)))
     return 0
 
 

@@ -51,7 +51,7 @@ from ctrobust.errors import ConfigError
 __all__ = ["RunMismatchError", "RunDir", "PlanEntry", "Failure", "RunStatus", "package_versions", "stable_hash",
            "atomic_write_bytes", "atomic_write_text", "load_outcomes", "load_results", "load_config",
            "merge_units", "read_plan", "read_status", "claim", "is_claimed", "OUTCOME_FIELDS", "UNIT_STATES",
-           "RunReader", "RunConfig", "load_sweep_config", "diff_settings"]
+           "RunReader", "RunConfig", "load_sweep_config", "diff_settings", "expand_run_dirs"]
 
 OUTCOME_FIELDS = ("id", "label", "beta", "seed", "clean_correct", "robust", "broken_by", "grad_zero",
                   "grad_nonfinite", "transfer_broken", "pixel_linf", "in_ball", "min_norm", "min_norm_by")
@@ -807,3 +807,34 @@ def merge_units(units) -> tuple[dict, list[dict]]:
     out["min_norm_by"] = out["min_norm_by"].astype(str)
     order = np.lexsort((out["id"], -out["beta"], out["seed"]))
     return {k: v[order] for k, v in out.items()}, [m for _, m in units]
+
+
+def expand_run_dirs(paths, cell: str | None = None) -> list[Path]:
+    """Run dirs named by ``paths``: a run dir is itself; a study dir (``study.yaml`` + ``runs/<cell>/``, see
+    :mod:`ctrobust.study`) is each of its cells' run dirs, or only the cell ``cell`` (its full name,
+    ``cifar10-valid``, or the part after the dataset, ``valid``: that cell of every dataset).
+
+    Raises:
+        ConfigError: ``cell`` names no cell of a study dir (with the cells it has).
+    """
+    from ctrobust._registry import did_you_mean
+
+    out = []
+    for p in map(Path, paths):
+        if not ((p / "study.yaml").is_file() and (p / "runs").is_dir()):
+            if cell is not None:
+                raise ConfigError(f"--cell {cell}: {str(p)!r} is not a study dir (no study.yaml); drop --cell")
+            out.append(p)
+            continue
+        cells = sorted(q for q in (p / "runs").iterdir() if (q / "config.yaml").is_file())
+        if not cells:
+            raise ConfigError(f"study dir {str(p)!r} has no cell run yet: run `ctrobust reproduce` first")
+        if cell is not None:
+            names = [q.name for q in cells]
+            chosen = [q for q in cells if cell in (q.name, q.name.split("-", 1)[-1])]
+            if not chosen:
+                short = sorted({n.split("-", 1)[-1] for n in names})
+                raise did_you_mean("cell", cell, names + short, hint=f"the cells of study dir {str(p)!r}")
+            cells = chosen
+        out += cells
+    return out

@@ -181,3 +181,59 @@ def test_a_damaged_unit_is_named_by_status_and_set_aside_and_recomputed_by_the_n
     assert main(["status", str(run)]) == 0
     out = capsys.readouterr().out
     assert "2 done" in out and " damaged" not in out.replace(str(run), "")
+
+
+# -- 4. a study dir is a run dir to status, report and plot --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The tiny study of tests/test_study.py: a random CT-paper ResNet-18, bundled images, three cells."""
+    import torch
+
+    from ctrobust.models.ct_paper import build_resnet
+    md = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    (md / "ct-paper").mkdir()
+    torch.save(build_resnet("resnet18", 10).state_dict(), md / "ct-paper" / "resnet18_cifar10_epoch200.pth")
+    out = tmp_path_factory.mktemp("study") / "s"
+    assert main(["reproduce", "ct-paper", "--model", "resnet18", "--datasets", "cifar10", "--data", "bundled",
+                 "--n-examples", "20", "--seeds", "42", "--betas", "0.9", "--attacks", "apgd-ce", "--device", "cpu",
+                 "--quiet", "--model-dir", str(md), "--out", str(out)]) == 0
+    return out
+
+
+CELLS = ["cifar10-pixel", "cifar10-reference", "cifar10-valid"]
+
+
+def test_status_of_a_study_dir_shows_every_cell_or_one(study, capsys):
+    capsys.readouterr()
+    assert main(["status", str(study)]) == 0
+    out = capsys.readouterr().out
+    for c in CELLS:
+        assert f"{study / 'runs' / c}: 2 units - 2 done" in out
+    assert main(["status", str(study), "--cell", "valid"]) == 0
+    out = capsys.readouterr().out
+    assert "cifar10-valid: 2 units" in out and "cifar10-pixel" not in out and "cifar10-reference" not in out
+
+
+def test_report_and_plot_of_a_study_dir(study, capsys):
+    capsys.readouterr()
+    assert main(["report", str(study), "--cell", "cifar10-reference"]) == 0
+    one = capsys.readouterr().out
+    assert main(["report", str(study), "--format", "json"]) == 0
+    import json
+    rep = json.loads(capsys.readouterr().out)
+    assert len(rep["runs"]) == 3 and "cifar10" in one
+    before = _snapshot(study / "runs")
+    assert main(["plot", str(study)]) == 0
+    assert (study / "figures" / "sweep.png").stat().st_size > 0
+    assert _snapshot(study / "runs") == before
+
+
+def test_unknown_cell_or_cell_of_a_run_dir_is_one_line(study, tiny_run, capsys):
+    capsys.readouterr()
+    assert main(["status", str(study), "--cell", "vaild"]) == 2
+    assert "did you mean 'valid'" in _one_line_error(capsys)
+    assert main(["report", str(tiny_run), "--cell", "valid"]) == 2
+    assert "not a study dir" in _one_line_error(capsys)
