@@ -150,28 +150,9 @@ def plan_study(spec: StudySpec) -> list[StudyCell]:
 
 def preflight(cells: list[StudyCell]) -> list[str]:
     """Every missing weight file or dataset of the study, one line each (empty: all there). Reads only."""
-    from ctrobust.data import DataUnavailableError, load_eval_set
-    from ctrobust.models import ModelLoadError, ModelUnavailableError, load_model
+    from ctrobust.inputs import preflight as missing_inputs
 
-    problems, seen = [], set()
-    for c in cells:
-        cfg = c.cfg
-        mkey = (cfg.model, cfg.dataset, cfg.model_dir, getattr(cfg, "checkpoint", None))
-        if mkey not in seen:
-            seen.add(mkey)
-            try:
-                load_model(cfg.model, dataset=cfg.dataset, threat=cfg.threat, model_dir=cfg.model_dir,
-                           device="cpu", **({"checkpoint": cfg.checkpoint} if getattr(cfg, "checkpoint", None) else {}))
-            except (ModelUnavailableError, ModelLoadError, ConfigError) as exc:
-                problems.append(f"{c.dataset}: model {cfg.model}: {str(exc).splitlines()[0]}")
-        dkey = (cfg.dataset, cfg.data, cfg.data_dir, cfg.n_examples, cfg.subset)
-        if dkey not in seen:
-            seen.add(dkey)
-            try:
-                load_eval_set(cfg.dataset, cfg.n_examples, subset=cfg.subset, data=cfg.data, data_dir=cfg.data_dir)
-            except (DataUnavailableError, ConfigError, ValueError) as exc:
-                problems.append(f"{c.dataset}: data: {str(exc).splitlines()[0]}")
-    return problems
+    return missing_inputs(cells)
 
 
 @dataclass

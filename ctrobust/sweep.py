@@ -73,9 +73,18 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepResult:
         ConfigError: bad input found while preparing (nothing is written then).
         RuntimeError: a work item failed more than ``max_retries + 1`` times.
     """
+    from ctrobust.data import DataUnavailableError, SubsetError
+    from ctrobust.inputs import check_inputs
+    from ctrobust.models import ModelLoadError, ModelUnavailableError
+
     execute, in_process = get_executor(cfg.executor)
-    # workers elsewhere load their own model on their device: here it is only validated and planned
-    prep = prepare(cfg, None if in_process else torch.device("cpu"))
+    check_inputs(cfg, in_process=in_process)  # cheap unless something is already missing
+    try:
+        # workers elsewhere load their own model on their device: here it is only validated and planned
+        prep = prepare(cfg, None if in_process else torch.device("cpu"))
+    except (ModelUnavailableError, ModelLoadError, DataUnavailableError, SubsetError):
+        check_inputs(cfg, in_process=in_process, load=True)  # every missing input at once, not the first
+        raise
     run = prep.run
     for dest, why in run.set_aside_damaged().items():
         print(f"ctrobust: warning: damaged unit file ({why}) moved to {dest}; its unit runs again",

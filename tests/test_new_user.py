@@ -237,3 +237,34 @@ def test_unknown_cell_or_cell_of_a_run_dir_is_one_line(study, tiny_run, capsys):
     assert "did you mean 'valid'" in _one_line_error(capsys)
     assert main(["report", str(tiny_run), "--cell", "valid"]) == 2
     assert "not a study dir" in _one_line_error(capsys)
+
+
+# -- 5. every missing input at once, in the flags a user types ---------------------------------------------
+
+
+def test_missing_weights_data_and_device_are_listed_at_once_in_flags(tmp_path, monkeypatch, capsys):
+    import torch
+    monkeypatch.setenv("CTROBUST_OFFLINE", "1")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_mps = not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available())
+    args = ["sweep", "--model", "ct-paper/resnet18", "--model-dir", str(empty), "--data-dir", str(empty),
+            "--quiet", "--out", str(tmp_path / "r"), "--device", "mps" if no_mps else "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith(f"ctrobust: error: {2 + no_mps} inputs of this sweep are missing")
+    body = "\n".join(lines[1:])
+    assert "--checkpoint FILE" in body and "--data-dir DIR" in body and "--data bundled" in body
+    assert "data_dir" not in body.replace("CTROBUST_DATA_DIR", "") and "data='bundled'" not in body
+    if no_mps:
+        assert "--device cpu" in body
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # nothing written
+
+
+def test_too_many_bundled_examples_says_n_examples_all(tmp_path, capsys):
+    assert main(["sweep", *BUNDLED, "--n-examples", "100", "--out", str(tmp_path / "r")]) == 2
+    err = _one_line_error(capsys)
+    assert "--n-examples 20 or fewer (or --n-examples all)" in err and "None" not in err
+    assert not (tmp_path / "r").exists()
