@@ -103,8 +103,12 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepResult:
     bar = None
     if in_process and progress and not cfg.quiet:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(units) - n_done_before, desc="units", unit="unit", file=sys.stderr,
-                   dynamic_ncols=True)
+
+        from ctrobust.progress import row_budget
+        # rows of work (clean passes and attack steps, ctrobust.progress): a work item's engine call carries
+        # every beta, so counting units would sit at 0 % until the whole item is done
+        work = sum(len(u.pos) for u in units if not run.has_unit(u.key)) * row_budget(cfg.suite)
+        bar = tqdm(total=work, desc="row-steps", unit="", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
     try:
         n_run = execute(prep, units, run_worker=run_worker, worker_main=worker_main, bar=bar,
                         on_done=_progress_reporter(prep, units))

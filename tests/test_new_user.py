@@ -268,3 +268,80 @@ def test_too_many_bundled_examples_says_n_examples_all(tmp_path, capsys):
     err = _one_line_error(capsys)
     assert "--n-examples 20 or fewer (or --n-examples all)" in err and "None" not in err
     assert not (tmp_path / "r").exists()
+
+
+# -- 6. progress in rows of work ---------------------------------------------------------------------------
+
+TEMPLATE_MODEL = '''
+import torch
+from torch import nn
+
+
+class Templates(nn.Module):
+    """Right on the 20 bundled CIFAR-10 images and robust at 1/255: a class fires when the input is close to
+    one of its images (ReLU of a thresholded template match), so every row takes every attack step."""
+
+    def __init__(self):
+        super().__init__()
+        from ctrobust.data import load_eval_set
+        ev = load_eval_set("cifar10", 20, subset="first", data="bundled")
+        t = ev.x.reshape(20, -1)
+        self.register_buffer("mu", t.mean(0))
+        w = t - self.mu
+        g = w @ w.T
+        other = (g - torch.diag(torch.full((20,), float("inf")))).max(1).values
+        self.match = nn.Linear(w.shape[1], 20)
+        self.match.weight.data = w.clone()
+        self.match.bias.data = -(g.diag() + other) / 2
+        self.head = nn.Linear(20, 10, bias=False)
+        self.head.weight.data = torch.nn.functional.one_hot(ev.y, 10).T.float()
+
+    def forward(self, x):
+        f = x.flatten(1) - self.mu
+        return self.head(torch.relu(self.match(f)))
+
+
+def make():
+    torch.manual_seed(0)
+    return Templates()
+'''
+
+
+def test_progress_counts_rows_of_work_with_an_eta_from_the_work_left(tmp_path, monkeypatch):
+    import time
+
+    import tqdm.auto
+
+    from ctrobust.store import RunDir
+    events, units_at = [], []
+
+    class Recorder:
+        def __init__(self, total=None, **_):
+            self.total, self.n, self.t0 = total, 0, time.monotonic()
+
+        def update(self, n):
+            self.n += n
+            events.append((time.monotonic() - self.t0, self.n, self.total))
+
+        def close(self):
+            pass
+
+    real_write = RunDir.write_unit
+
+    def write_unit(self, *a, **k):
+        units_at.append(len(events))
+        return real_write(self, *a, **k)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    monkeypatch.setattr(RunDir, "write_unit", write_unit)
+    (tmp_path / "templates.py").write_text(TEMPLATE_MODEL)
+    args = ["sweep", "--model", f"{tmp_path / 'templates.py'}:make", "--data", "timing", "--n-examples", "200",
+            "--subset", "first", "--betas", "0.99,0.98,0.97,0.96,0.95,0.94,0.93,0.92,0.91,0.9", "--attacks",
+            "apgd-ce", "--eps", "1/255", "--seeds", "0", "--device", "cpu", "--out", str(tmp_path / "r")]
+    assert main(args) == 0
+    total = events[-1][2]
+    assert events[-1][1] == total and units_at  # the bar ends full
+    assert units_at[0] >= 10, events[:units_at[0]]  # it moved at least 10 times before the first unit
+    t50, n50, _ = next(e for e in events if e[1] >= total / 2)
+    eta, left = t50 * (total - n50) / n50, events[-1][0] - t50
+    assert left / 2 <= eta <= 2 * left, (eta, left, events)
