@@ -439,8 +439,23 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     debug = bool(os.environ.get("CTROBUST_DEBUG"))
+    import warnings
+
+    from ctrobust.errors import InputWarning
+
+    shown = warnings.showwarning
+
+    def one_line(message, category, *rest, **kw):  # an input warning as `ctrobust: warning: ...`, not file:line
+        if issubclass(category, InputWarning):
+            print(f"ctrobust: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *rest, **kw)
+
     try:
-        code = _COMMANDS[a.command](a)
+        with warnings.catch_warnings():
+            warnings.simplefilter("once", InputWarning)
+            warnings.showwarning = one_line
+            code = _COMMANDS[a.command](a)
         sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
         return code
     except KeyboardInterrupt:

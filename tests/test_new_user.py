@@ -345,3 +345,27 @@ def test_progress_counts_rows_of_work_with_an_eta_from_the_work_left(tmp_path, m
     t50, n50, _ = next(e for e in events if e[1] >= total / 2)
     eta, left = t50 * (total - n50) / n50, events[-1][0] - t50
     assert left / 2 <= eta <= 2 * left, (eta, left, events)
+
+
+# -- 7. smaller --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eps,warned", [("8/256", "did you mean 8/255?"), ("0.031", "did you mean 8/255?"),
+                                        ("8/255", None), ("0.03", None)])
+def test_eps_near_a_k_over_255_warns_on_one_line(tmp_path, capsys, eps, warned):
+    from ctrobust.config import parse_eps
+    # the warning comes with validation, before any work: a config that then fails on the model is enough
+    assert main(["sweep", "--model", "no-such-model-xyz", "--eps", eps, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    warn = [ln for ln in err.splitlines() if "warning" in ln]
+    if warned:
+        assert warn == [f"ctrobust: warning: --eps {eps} = {parse_eps(eps):.6g} "
+                        f"is within 2 % of 8/255 = {8 / 255:.6g} but not equal: {warned}"]
+    else:
+        assert warn == []
+
+
+def test_duplicate_seeds_are_an_error_naming_the_seed(tmp_path, capsys):
+    assert main(["sweep", *BUNDLED, "--seeds", "0,0", "--out", str(tmp_path / "r")]) == 2
+    assert "seed 0 is given twice" in _one_line_error(capsys)
+    assert not (tmp_path / "r").exists()
