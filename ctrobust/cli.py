@@ -61,7 +61,7 @@ examples:
   ctrobust sweep --model Standard --eps 8/255     # the main job (needs the checkpoint or network)
   ctrobust plot runs/demo runs/other --out figs   # overlay runs
   ctrobust report runs/demo                       # oracle vs held-out beta, intervals, masking flags
-  ctrobust check runs/demo --against tests/golden/demo.json
+  ctrobust check runs/new --against runs/demo     # exit 1 if a result changed
   ctrobust models --dataset cifar10 --threat Linf --coverage
   ctrobust models --coverage --only ct-paper/resnet18   # CT coverage per scope (all / modules)
 """
@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="run directory [runs/demo]")
     d.add_argument("--engine", help="fast | reference [fast]")
     d.add_argument("--device", help="[cpu]")
-    d.add_argument("--quiet", action="store_true", default=None)
+    d.add_argument("--quiet", action="store_true", default=None,
+                   help="print only the summary and result paths (no progress bar, no per-beta lines)")
 
     pl = sub.add_parser("plot", help="redraw figures from stored results; several runs overlay",
                         epilog="example:\n  ctrobust plot runs/a runs/b --out figures\n",
@@ -143,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  ctrobust check runs/new --against runs/golden\n"
                               "  ctrobust check runs/new --write-golden golden.json\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("run_dir", metavar="RUN_DIR")
-    c.add_argument("--against", metavar="GOLDEN_RUN_OR_JSON")
+    c.add_argument("run_dir", metavar="RUN_DIR", help="the run dir to check")
+    c.add_argument("--against", metavar="GOLDEN_RUN_OR_JSON",
+                   help="a run dir or a golden JSON file (--write-golden) to compare with")
     c.add_argument("--tolerance", type=float, default=0.0,
                    help="allowed absolute change of an accuracy and fraction of changed examples [0]")
     c.add_argument("--write-golden", dest="write_golden", metavar="JSON",
@@ -155,25 +157,27 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help=_RUN_DIR_HELP)
     r.add_argument("--cell", help=_CELL_HELP)
-    r.add_argument("--format", choices=("md", "json"), default="md")
+    r.add_argument("--format", choices=("md", "json"), default="md", help="md (Markdown) | json [md]")
     r.add_argument("--select-on", dest="select_on", choices=("half", "same"), default="half",
                    help="choose beta on a held-out half (default) or on the reported points (the paper)")
-    r.add_argument("--split-seed", dest="split_seed", type=int, default=0)
+    r.add_argument("--split-seed", dest="split_seed", type=int, default=0,
+                   help="seed of the stratified split into selection and held-out halves (--select-on half) [0]")
     r.add_argument("--out", help="write the report to this file instead of stdout")
 
     m = sub.add_parser("models", help="list RobustBench models and the other model families (and CT coverage)",
                        epilog="examples:\n  ctrobust models --dataset cifar10 --threat Linf --coverage\n"
                               "  ctrobust models --coverage --only ct-paper/resnet18 --dataset cifar10\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    m.add_argument("--dataset", default="cifar10")
-    m.add_argument("--threat", default="Linf")
+    m.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet [cifar10]")
+    m.add_argument("--threat", default="Linf", help="Linf | L2 (RobustBench's leaderboards) [Linf]")
     m.add_argument("--model-dir", dest="model_dir", help="checkpoint folder shown in the families list")
     m.add_argument("--coverage", action="store_true",
                    help="build each architecture without weights and count the ReLUs CT reaches, per CT scope "
                         "(all / modules)")
     m.add_argument("--only", nargs="+", metavar="NAME", help="only these models, of any family (with --coverage)")
 
-    st = sub.add_parser("status", help="done / running / pending / failed units of a run dir, ETA")
+    st = sub.add_parser("status", help="done / running / pending / failed / damaged units of a run dir (or of each "
+                                       "cell of a study dir), ETA")
     st.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_DIR_HELP)
     st.add_argument("--cell", help=_CELL_HELP)
 
@@ -185,9 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--datasets", nargs="+", default=["cifar10,cifar100,imagenet"],
                     help="comma/space list [cifar10,cifar100,imagenet]")
     rp.add_argument("--threat", default="Linf", help="Linf | L2 [Linf]")
-    rp.add_argument("--protocols", nargs="+", default=["reference,valid"], help="reference,valid [both]")
+    rp.add_argument("--protocols", nargs="+", default=["reference,valid"],
+                    help="reference | valid, comma/space list [reference,valid: three cells per dataset, the "
+                         "reference, pixel (valid threat, the reference's CT scope) and valid]")
     rp.add_argument("--out", help="study directory [runs/reproduce-<study>-<model>-<threat>]")
     add_config_options(rp, study=True)
+    for action in sub._choices_actions:  # `ctrobust COMMAND --help` opens with what the command does
+        sub.choices[action.dest].description = sub.choices[action.dest].description or action.help
     return p
 
 

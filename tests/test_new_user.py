@@ -369,3 +369,23 @@ def test_duplicate_seeds_are_an_error_naming_the_seed(tmp_path, capsys):
     assert main(["sweep", *BUNDLED, "--seeds", "0,0", "--out", str(tmp_path / "r")]) == 2
     assert "seed 0 is given twice" in _one_line_error(capsys)
     assert not (tmp_path / "r").exists()
+
+
+def test_every_command_has_a_description_and_every_option_a_help():
+    import argparse
+
+    from ctrobust.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {a.option_strings or a.dest}" for name, p in sub.choices.items() for a in p._actions
+               if not a.help]
+    assert missing == []
+    assert all(p.description for p in sub.choices.values())
+    assert "three cells" in sub.choices["reproduce"].format_help()
+
+
+def test_main_help_examples_name_files_that_exist(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for tok in out.split():
+        if tok.startswith(("tests/", "configs/")):
+            assert (ROOT / tok).exists(), tok
