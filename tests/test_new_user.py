@@ -389,3 +389,14 @@ def test_main_help_examples_name_files_that_exist(capsys):
     for tok in out.split():
         if tok.startswith(("tests/", "configs/")):
             assert (ROOT / tok).exists(), tok
+
+
+def test_study_report_labels_the_held_out_interval_as_a_gain_in_points(study):
+    md = (study / "report.md").read_text()
+    head = next(ln for ln in md.splitlines() if ln.startswith("| dataset | cell |"))
+    col = [c.strip() for c in head.split("|")].index("CT (held-out)")
+    rows = [ln for ln in md.splitlines() if ln.startswith("| cifar10 |")]
+    assert rows
+    for ln in rows:
+        cell = [c.strip() for c in ln.split("|")][col]
+        assert "pts" not in cell or "Δ vs base: 95 % CI [" in cell, cell
