@@ -107,17 +107,21 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
             # stacked in run order (the registry's), whatever the column order of results.json
             attacks = attack_order([k[len("broken_"):] for k in r0 if k.startswith("broken_")])
             betas = sorted({r["beta"] for r in rows})
-            width = (min(np.diff(betas)) if len(betas) > 1 else 0.01) * 0.8
+            # one slot per beta that was run (a numeric axis leaves empty slots between unevenly spaced betas)
+            slots, width = np.arange(len(betas)), 0.8
             bottom = np.zeros(len(betas))
             clean_err = np.array([np.mean([1 - r["clean_acc"] for r in rows if r["beta"] == bt])
                                   for bt in betas]) * 100
-            axb.bar(betas, clean_err, width=width, bottom=bottom, label="misclassified clean", color="#bbbbbb")
+            axb.bar(slots, clean_err, width=width, bottom=bottom, label="misclassified clean", color="#bbbbbb")
             bottom += clean_err
             for a in attacks:
                 vals = np.array([np.mean([r[f"broken_{a}"] / r["n"] for r in rows if r["beta"] == bt])
                                  for bt in betas]) * 100
-                axb.bar(betas, vals, width=width, bottom=bottom, label=a, color=_ATTACK_COLORS.get(a))
+                axb.bar(slots, vals, width=width, bottom=bottom, label=a, color=_ATTACK_COLORS.get(a))
                 bottom += vals
+            axb.set_xticks(slots, [f"{bt:g}" for bt in betas], rotation=90 if len(betas) > 12 else 0,
+                           fontsize=7 if len(betas) > 12 else 8)
+            axb.set_xlim(-0.6, len(betas) - 0.4)
             axb.set_title(f"why points are not robust: first attack to break them"
                           f"{' (' + r0['model'] + ')' if len(runs) > 1 else ''}", fontsize=9)
     first = runs[0][1][0] if runs[0][1] else {}
@@ -139,7 +143,8 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
     ax.set_ylim(-2, 102)
     ax.set_title("clean (dashed) and robust (solid) accuracy", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    # below the axes: inside, it covers the accuracy bands it explains
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
     axb.set_xlabel(r"CT $\beta$")
     axb.set_ylabel("examples (%)")
     axb.set_ylim(0, 102)

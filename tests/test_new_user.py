@@ -400,3 +400,32 @@ def test_study_report_labels_the_held_out_interval_as_a_gain_in_points(study):
     for ln in rows:
         cell = [c.strip() for c in ln.split("|")][col]
         assert "pts" not in cell or "Δ vs base: 95 % CI [" in cell, cell
+
+
+def test_sweep_figure_bars_fill_one_slot_per_beta_and_the_legend_covers_no_band(tiny_run, tmp_path, monkeypatch):
+    import json
+
+    from ctrobust import plots
+    run = tmp_path / "run"
+    import shutil
+    shutil.copytree(tiny_run, run)
+    doc = json.loads((run / "results.json").read_text())  # unevenly spaced betas: 1, 0.8, 0.55
+    extra = dict(doc["rows"][-1], beta=0.55)
+    doc["rows"].append(extra)
+    (run / "results.json").write_text(json.dumps(doc))
+    figs = []
+    real = plots._save
+
+    def keep(fig, *a, **k):
+        fig.canvas.draw()
+        ax, axb = fig.axes[:2]
+        figs.append(([p.get_x() + p.get_width() / 2 for p in axb.patches],
+                     [t.get_text() for t in axb.get_xticklabels()],
+                     ax.get_legend().get_window_extent(), ax.get_window_extent()))
+        return real(fig, *a, **k)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    plots.plot_runs([run], out_dir=tmp_path / "f")
+    centers, ticks, legend, axes = figs[0]
+    assert sorted(set(round(c, 6) for c in centers)) == [0, 1, 2] and ticks == ["0.55", "0.8", "1"]
+    assert not legend.overlaps(axes)
