@@ -363,7 +363,25 @@ def _cmd_models(a) -> int:
     head = "".join(f"  {s + ':':<9}{'tuned':>6} {'untouched':>9} {'missed':>6} {'CT':<8}" for s in scopes)
     print(f"{'model':<48} {'relu mod':>8} {'relu fn':>7} {'leaky':>5}{head}  other activations")
 
+    names = list(a.only) if a.only else models.list_models(a.dataset, a.threat)
+    done = [0]
+    live = sys.stderr.isatty()  # a progress line on a terminal only; the table on stdout stays as it is
+
+    def progress():
+        if live and done[0] < len(names):
+            print(f"\r\033[K[{done[0] + 1}/{len(names)}] building {names[done[0]]} ...", end="", file=sys.stderr,
+                  flush=True)
+
     def show(r):
+        if live:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+        done[0] += 1
+        try:
+            _show(r)
+        finally:
+            progress()
+
+    def _show(r):
         if not r["by_scope"]:  # the architecture could not be built/run
             cells = "".join(f"  {'':<9}{'-':>6} {'-':>9} {'-':>6} {r['status']:<8}" for _ in scopes)
             print(f"{r['name']:<48} {'-':>8} {'-':>7} {'-':>5}{cells}  ({r['error']})", flush=True)
@@ -374,7 +392,8 @@ def _cmd_models(a) -> int:
         print(f"{r['name']:<48} {cov.relu_modules:>8} {cov.relu_functional:>7} {cov.leaky_relu:>5}{cells}  "
               f"{r['unsupported']}", flush=True)
 
-    rows = models.coverage_table(a.dataset, a.threat, names=a.only, on_row=show, scopes=scopes)
+    progress()
+    rows = models.coverage_table(a.dataset, a.threat, names=names, on_row=show, scopes=scopes)
     counts = {}
     for r in rows:
         counts[r.get("status")] = counts.get(r.get("status"), 0) + 1

@@ -429,3 +429,11 @@ def test_sweep_figure_bars_fill_one_slot_per_beta_and_the_legend_covers_no_band(
     centers, ticks, legend, axes = figs[0]
     assert sorted(set(round(c, 6) for c in centers)) == [0, 1, 2] and ticks == ["0.55", "0.8", "1"]
     assert not legend.overlaps(axes)
+
+
+def test_models_coverage_shows_per_model_progress_on_a_terminal(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert main(["models", "--coverage", "--only", "Standard", "bundled/resnet18-cifar10"]) == 0
+    cap = capsys.readouterr()
+    assert "[1/2] building Standard" in cap.err and "[2/2] building bundled/resnet18-cifar10" in cap.err
+    assert "building" not in cap.out and any(ln.startswith("Standard ") for ln in cap.out.splitlines())
