@@ -1,12 +1,16 @@
 """``ctrobust`` command line: argument parsing only; every command calls into the library.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad input (one-line error, no traceback; set
-``CTROBUST_DEBUG=1`` to see tracebacks).
+``CTROBUST_DEBUG=1`` to see tracebacks). A condition the user can fix -- a read-only, full or unwritable
+output folder, a path through a file -- is bad input: one line naming the path and the fix. A closed
+output pipe (``ctrobust report RUN | head``) is not an error: the command stops silently with 141, the
+status a shell gives a command killed by SIGPIPE (as ``cat``/``yes`` would).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -59,10 +63,14 @@ examples:
   ctrobust sweep --model Standard --eps 8/255     # the main job (needs the checkpoint or network)
   ctrobust plot runs/demo runs/other --out figs   # overlay runs
   ctrobust report runs/demo                       # oracle vs held-out beta, intervals, masking flags
-  ctrobust check runs/demo --against tests/golden/demo.json
+  ctrobust check runs/new --against runs/demo     # exit 1 if a result changed
   ctrobust models --dataset cifar10 --threat Linf --coverage
   ctrobust models --coverage --only ct-paper/resnet18   # CT coverage per scope (all / modules)
 """
+
+
+_RUN_DIR_HELP = "a run dir, or a study dir of `ctrobust reproduce` (each of its cells' run dirs)"
+_CELL_HELP = "of a study dir, only this cell: cifar10-valid, or valid (that cell of every dataset)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -123,12 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="run directory [runs/demo]")
     d.add_argument("--engine", help="fast | reference [fast]")
     d.add_argument("--device", help="[cpu]")
-    d.add_argument("--quiet", action="store_true", default=None)
+    d.add_argument("--quiet", action="store_true", default=None,
+                   help="print only the summary and result paths (no progress bar, no per-beta lines)")
 
     pl = sub.add_parser("plot", help="redraw figures from stored results; several runs overlay",
                         epilog="example:\n  ctrobust plot runs/a runs/b --out figures\n",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help=_RUN_DIR_HELP)
+    pl.add_argument("--cell", help=_CELL_HELP)
     pl.add_argument("--out", help="output folder [<first RUN_DIR>/figures]")
     pl.add_argument("--name", default="sweep", help="file stem [sweep]")
 
@@ -136,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  ctrobust check runs/new --against runs/golden\n"
                               "  ctrobust check runs/new --write-golden golden.json\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("run_dir", metavar="RUN_DIR")
-    c.add_argument("--against", metavar="GOLDEN_RUN_OR_JSON")
+    c.add_argument("run_dir", metavar="RUN_DIR", help="the run dir to check")
+    c.add_argument("--against", metavar="GOLDEN_RUN_OR_JSON",
+                   help="a run dir or a golden JSON file (--write-golden) to compare with")
     c.add_argument("--tolerance", type=float, default=0.0,
                    help="allowed absolute change of an accuracy and fraction of changed examples [0]")
     c.add_argument("--write-golden", dest="write_golden", metavar="JSON",
@@ -146,27 +157,31 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="reproduction report: held-out beta, intervals, McNemar, masking",
                        epilog="example:\n  ctrobust report runs/demo --format md > report.md\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    r.add_argument("--format", choices=("md", "json"), default="md")
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help=_RUN_DIR_HELP)
+    r.add_argument("--cell", help=_CELL_HELP)
+    r.add_argument("--format", choices=("md", "json"), default="md", help="md (Markdown) | json [md]")
     r.add_argument("--select-on", dest="select_on", choices=("half", "same"), default="half",
                    help="choose beta on a held-out half (default) or on the reported points (the paper)")
-    r.add_argument("--split-seed", dest="split_seed", type=int, default=0)
+    r.add_argument("--split-seed", dest="split_seed", type=int, default=0,
+                   help="seed of the stratified split into selection and held-out halves (--select-on half) [0]")
     r.add_argument("--out", help="write the report to this file instead of stdout")
 
     m = sub.add_parser("models", help="list RobustBench models and the other model families (and CT coverage)",
                        epilog="examples:\n  ctrobust models --dataset cifar10 --threat Linf --coverage\n"
                               "  ctrobust models --coverage --only ct-paper/resnet18 --dataset cifar10\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    m.add_argument("--dataset", default="cifar10")
-    m.add_argument("--threat", default="Linf")
+    m.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet [cifar10]")
+    m.add_argument("--threat", default="Linf", help="Linf | L2 (RobustBench's leaderboards) [Linf]")
     m.add_argument("--model-dir", dest="model_dir", help="checkpoint folder shown in the families list")
     m.add_argument("--coverage", action="store_true",
                    help="build each architecture without weights and count the ReLUs CT reaches, per CT scope "
                         "(all / modules)")
     m.add_argument("--only", nargs="+", metavar="NAME", help="only these models, of any family (with --coverage)")
 
-    st = sub.add_parser("status", help="done / running / pending / failed units of a run dir, ETA")
-    st.add_argument("run_dir", metavar="RUN_DIR")
+    st = sub.add_parser("status", help="done / running / pending / failed / damaged units of a run dir (or of each "
+                                       "cell of a study dir), ETA")
+    st.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_DIR_HELP)
+    st.add_argument("--cell", help=_CELL_HELP)
 
     rp = sub.add_parser("reproduce", help="a study: the paper's robustness table under the reference protocol "
                                           "and the valid one, with a decomposition (resumable)",
@@ -178,11 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--threats", "--threat", dest="threats", nargs="+", default=["Linf,L2,corruptions"],
                     help="comma/space list of Linf | L2 | corruptions [all three, as the paper]; --threat is the "
                          "same option (one threat)")
-    rp.add_argument("--protocols", nargs="+", default=["reference,valid"], help="reference,valid [both]")
+    rp.add_argument("--protocols", nargs="+", default=["reference,valid"],
+                    help="reference | valid, comma/space list [reference,valid: three cells per dataset and attack "
+                         "threat, the reference, pixel (valid threat, the reference's CT scope) and valid]")
     rp.add_argument("--corruptions", help="corruptions cells: all or a list such as fog,snow [all, as the paper]")
     rp.add_argument("--severities", help="corruptions cells: all or e.g. 1,3,5 [all, as the paper]")
     rp.add_argument("--out", help="study directory [runs/reproduce-<study>-<model>-<threats joined by ->]")
     add_config_options(rp, study=True)
+    for action in sub._choices_actions:  # `ctrobust COMMAND --help` opens with what the command does
+        sub.choices[action.dest].description = sub.choices[action.dest].description or action.help
     return p
 
 
@@ -200,6 +219,45 @@ def _bad_input_types() -> tuple:
             continue
         types += [getattr(m, n) for n in names if hasattr(m, n)]
     return tuple(types)
+
+
+#: errno -> (what it means, what to do): the OS errors a user causes and can fix
+_OS_FIXES = {
+    errno.EROFS: ("is on a read-only file system", "write somewhere writable (--out DIR)"),
+    errno.EACCES: ("is not writable (permission denied)", "use a folder you may write to (--out DIR) or change its "
+                                                          "permissions"),
+    errno.EPERM: ("is not writable (operation not permitted)", "use a folder you may write to (--out DIR)"),
+    errno.ENOSPC: ("is on a full disk (no space left)", "free some space or write elsewhere (--out DIR); finished "
+                                                        "units are kept, re-run the command to resume"),
+    errno.EDQUOT: ("is over the disk quota", "free some space or write elsewhere (--out DIR); finished units are "
+                                             "kept, re-run the command to resume"),
+    errno.ENOTDIR: ("", "choose another path (--out DIR)"),
+}
+
+
+def _os_error_line(exc: OSError) -> str | None:
+    """One line for an OS error the user can fix (see :data:`_OS_FIXES`), naming the path; None otherwise."""
+    if exc.errno not in _OS_FIXES:
+        return None
+    what, fix = _OS_FIXES[exc.errno]
+    path = exc.filename2 if exc.filename2 is not None else exc.filename
+    path = os.fsdecode(path) if path is not None else "the output"
+    if exc.errno == errno.ENOTDIR:  # name the file that stands where a folder is needed
+        blocker = next((q for q in [Path(path), *Path(path).parents] if q.is_file()), None)
+        if blocker is not None:
+            return f"{str(blocker)!r} is a file, not a folder, so {path!r} cannot be created: {fix}"
+        return f"{path!r}: a part of the path is not a folder: {fix}"
+    return f"{path!r} {what}: {fix}"
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``| head``): stop quietly, and keep Python's exit flush quiet too."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return 141
 
 
 def _cmd_sweep(a) -> int:
@@ -247,8 +305,10 @@ def _cmd_demo(a) -> int:
 
 def _cmd_plot(a) -> int:
     from ctrobust.plots import plot_runs
+    from ctrobust.store import expand_run_dirs
 
-    for p in plot_runs(a.run_dirs, out_dir=a.out, name=a.name):
+    out = a.out or Path(a.run_dirs[0]) / "figures"
+    for p in plot_runs(expand_run_dirs(a.run_dirs, a.cell), out_dir=out, name=a.name):
         print(p)
     return 0
 
@@ -277,7 +337,9 @@ def _cmd_check(a) -> int:
 def _cmd_report(a) -> int:
     from ctrobust.report import build_report
 
-    text = build_report(a.run_dirs, fmt=a.format, select_on=a.select_on, split_seed=a.split_seed)
+    from ctrobust.store import expand_run_dirs
+
+    text = build_report(expand_run_dirs(a.run_dirs, a.cell), fmt=a.format, select_on=a.select_on, split_seed=a.split_seed)
     if a.out:
         from ctrobust.store import atomic_write_text
         atomic_write_text(a.out, text if text.endswith("\n") else text + "\n")
@@ -307,7 +369,25 @@ def _cmd_models(a) -> int:
     head = "".join(f"  {s + ':':<9}{'tuned':>6} {'untouched':>9} {'missed':>6} {'CT':<8}" for s in scopes)
     print(f"{'model':<48} {'relu mod':>8} {'relu fn':>7} {'leaky':>5}{head}  other activations")
 
+    names = list(a.only) if a.only else models.list_models(a.dataset, a.threat)
+    done = [0]
+    live = sys.stderr.isatty()  # a progress line on a terminal only; the table on stdout stays as it is
+
+    def progress():
+        if live and done[0] < len(names):
+            print(f"\r\033[K[{done[0] + 1}/{len(names)}] building {names[done[0]]} ...", end="", file=sys.stderr,
+                  flush=True)
+
     def show(r):
+        if live:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+        done[0] += 1
+        try:
+            _show(r)
+        finally:
+            progress()
+
+    def _show(r):
         if not r["by_scope"]:  # the architecture could not be built/run
             cells = "".join(f"  {'':<9}{'-':>6} {'-':>9} {'-':>6} {r['status']:<8}" for _ in scopes)
             print(f"{r['name']:<48} {'-':>8} {'-':>7} {'-':>5}{cells}  ({r['error']})", flush=True)
@@ -318,7 +398,8 @@ def _cmd_models(a) -> int:
         print(f"{r['name']:<48} {cov.relu_modules:>8} {cov.relu_functional:>7} {cov.leaky_relu:>5}{cells}  "
               f"{r['unsupported']}", flush=True)
 
-    rows = models.coverage_table(a.dataset, a.threat, names=a.only, on_row=show, scopes=scopes)
+    progress()
+    rows = models.coverage_table(a.dataset, a.threat, names=names, on_row=show, scopes=scopes)
     counts = {}
     for r in rows:
         counts[r.get("status")] = counts.get(r.get("status"), 0) + 1
@@ -334,7 +415,8 @@ def format_status(st) -> str:
     """Human-readable lines of a :class:`ctrobust.store.RunStatus`: counts, ETA, per beta, failures."""
     from ctrobust.store import UNIT_STATES
 
-    lines = [f"{st.run_dir}: {len(st.plan)} units - " + ", ".join(f"{st.count(s)} {s}" for s in UNIT_STATES)]
+    shown = [s for s in UNIT_STATES if s != "damaged" or st.count(s)]
+    lines = [f"{st.run_dir}: {len(st.plan)} units - " + ", ".join(f"{st.count(s)} {s}" for s in shown)]
     left = st.count("running") + st.count("pending")
     workers = max(1, st.running_items)
     if st.unit_seconds and left:
@@ -348,13 +430,16 @@ def format_status(st) -> str:
                      f" ({sum(st.state[u.key] == 'running' for u in us)} running)"))
     for item, f in st.failures.items():
         lines.append(f"  {item}: {f.attempts} failed attempt(s), last: {f.error}")
+    for key, why in st.damaged.items():
+        lines.append(f"  damaged: units/{key}.npz ({why}); the next sweep moves it to units/damaged/ and "
+                     "recomputes it")
     return "\n".join(lines)
 
 
 def _cmd_status(a) -> int:
-    from ctrobust.store import read_status
+    from ctrobust.store import expand_run_dirs, read_status
 
-    print(format_status(read_status(a.run_dir)))
+    print("\n".join(format_status(read_status(d)) for d in expand_run_dirs([a.run_dir], a.cell)))
     return 0
 
 
@@ -389,14 +474,37 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     debug = bool(os.environ.get("CTROBUST_DEBUG"))
+    import warnings
+
+    from ctrobust.errors import InputWarning
+
+    shown = warnings.showwarning
+
+    def one_line(message, category, *rest, **kw):  # an input warning as `ctrobust: warning: ...`, not file:line
+        if issubclass(category, InputWarning):
+            print(f"ctrobust: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *rest, **kw)
+
     try:
-        return _COMMANDS[a.command](a)
+        with warnings.catch_warnings():
+            warnings.simplefilter("once", InputWarning)
+            warnings.showwarning = one_line
+            code = _COMMANDS[a.command](a)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+        return code
     except KeyboardInterrupt:
         print("ctrobust: interrupted; finished units are kept, re-run the command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
     except Exception as exc:  # noqa: BLE001 - the CLI boundary: classify, print one line
         if debug:
             raise
+        line = _os_error_line(exc) if isinstance(exc, OSError) else None
+        if line is not None:
+            print(f"ctrobust: error: {line}", file=sys.stderr)
+            return 2
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if getattr(exc, "all_lines", False):  # a list of every missing input (one per line)
             msg = str(exc).strip()

@@ -26,7 +26,7 @@ from ctrobust.curves import parse_curve_eps
 from ctrobust.data import parse_dataset, parse_source, parse_subset
 from ctrobust.engines import get_engine_spec, list_engines
 from ctrobust.protocols import get_protocol, reference_batch_size
-from ctrobust.errors import ConfigError
+from ctrobust.errors import ConfigError, InputWarning
 from ctrobust.threat import CORRUPTIONS, DEFAULT_EPS, Threat, parse_threat
 from ctrobust.threat import format_eps as _format_eps
 
@@ -154,7 +154,11 @@ def parse_seeds(spec) -> list[int]:
         raise ConfigError(f"bad seeds {spec!r}: expected integers, e.g. 0 or 42,43,44") from None
     if not seeds or any(s < 0 for s in seeds):
         raise ConfigError(f"bad seeds {spec!r}: expected non-negative integers")
-    return list(dict.fromkeys(seeds))
+    dup = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
+    if dup is not None:
+        raise ConfigError(f"bad seeds {spec!r}: seed {dup} is given twice (each seed is one repetition); "
+                          "drop the duplicate")
+    return seeds
 
 
 def parse_attacks(spec) -> list[str]:
@@ -480,6 +484,12 @@ def _check_threat(c: SweepConfig, canon: dict) -> dict:
     eps = DEFAULT_EPS[Threat(threat)] if c.eps is None else parse_eps(c.eps)
     if threat == "Linf" and eps > 1:
         raise ConfigError(f"eps {eps:g} exceeds the [0, 1] pixel range: did you mean {eps:g}/255?")
+    k = round(eps * 255)
+    if threat == "Linf" and k >= 1 and abs(eps * 255 - k) > 1e-6 and abs(eps * 255 - k) <= 0.02 * k:
+        import warnings  # a near miss of k/255 (8/256, 0.031) is most likely a typo, but a valid eps
+
+        warnings.warn(f"--eps {c.eps} = {eps:.6g} is within 2 % of {k}/255 = {k / 255:.6g} but not equal: "
+                      f"did you mean {k}/255?", InputWarning, stacklevel=2)
     return {"dataset": dataset, "threat": threat, "eps": eps}
 
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from ctrobust._registry import UnknownNameError
 
-__all__ = ["ConfigError", "UnknownNameError"]
+__all__ = ["ConfigError", "UnknownNameError", "InputWarning"]
+
+
+class InputWarning(UserWarning):
+    """Input that is valid but most likely not meant (``--eps 8/256``): the CLI prints it on one line."""
 
 
 class ConfigError(ValueError):

@@ -16,6 +16,7 @@ import numpy as np
 from ctrobust import stats
 from ctrobust.attacks import ATTACKS, attack_order
 from ctrobust.curves import default_curve_eps, has_distances, parse_curve_eps, robust_at
+from ctrobust.store import atomic_write_bytes
 from ctrobust.threat import CORRUPTIONS, format_eps
 
 __all__ = ["plot_runs", "plot_curves", "curve_table", "plot_study"]
@@ -38,16 +39,20 @@ def _per_beta(rows: list[dict], key: str):
 
 def _save(fig, out_dir: Path, name: str, formats) -> list[Path]:
     """Write ``fig`` as ``<out_dir>/<name>.<fmt>`` for each format and close it."""
+    import io
+
     import matplotlib.pyplot as plt
 
     paths = []
-    for fmt in formats:
-        p = out_dir / f"{name}.{fmt}"
-        tmp = p.with_name(f".{p.name}.tmp.{fmt}")
-        fig.savefig(tmp, dpi=150, format=fmt)
-        tmp.replace(p)  # atomic: an interrupted redraw never leaves half a figure
-        paths.append(p)
-    plt.close(fig)
+    try:
+        for fmt in formats:
+            p = out_dir / f"{name}.{fmt}"
+            buf = io.BytesIO()
+            fig.savefig(buf, dpi=150, format=fmt)
+            atomic_write_bytes(p, buf.getvalue())  # an interrupted redraw never leaves half a figure
+            paths.append(p)
+    finally:
+        plt.close(fig)
     return paths
 
 
@@ -104,17 +109,21 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
             # stacked in run order (the registry's), whatever the column order of results.json
             attacks = attack_order([k[len("broken_"):] for k in r0 if k.startswith("broken_")])
             betas = sorted({r["beta"] for r in rows})
-            width = (min(np.diff(betas)) if len(betas) > 1 else 0.01) * 0.8
+            # one slot per beta that was run (a numeric axis leaves empty slots between unevenly spaced betas)
+            slots, width = np.arange(len(betas)), 0.8
             bottom = np.zeros(len(betas))
             clean_err = np.array([np.mean([1 - r["clean_acc"] for r in rows if r["beta"] == bt])
                                   for bt in betas]) * 100
-            axb.bar(betas, clean_err, width=width, bottom=bottom, label="misclassified clean", color="#bbbbbb")
+            axb.bar(slots, clean_err, width=width, bottom=bottom, label="misclassified clean", color="#bbbbbb")
             bottom += clean_err
             for a in attacks:
                 vals = np.array([np.mean([r[f"broken_{a}"] / r["n"] for r in rows if r["beta"] == bt])
                                  for bt in betas]) * 100
-                axb.bar(betas, vals, width=width, bottom=bottom, label=a, color=_ATTACK_COLORS.get(a))
+                axb.bar(slots, vals, width=width, bottom=bottom, label=a, color=_ATTACK_COLORS.get(a))
                 bottom += vals
+            axb.set_xticks(slots, [f"{bt:g}" for bt in betas], rotation=90 if len(betas) > 12 else 0,
+                           fontsize=7 if len(betas) > 12 else 8)
+            axb.set_xlim(-0.6, len(betas) - 0.4)
             axb.set_title(f"why points are not robust: first attack to break them"
                           f"{' (' + r0['model'] + ')' if len(runs) > 1 else ''}", fontsize=9)
     first = runs[0][1][0] if runs[0][1] else {}
@@ -136,7 +145,8 @@ def plot_runs(run_dirs, out_dir=None, *, name: str = "sweep", formats=("png", "p
     ax.set_ylim(-2, 102)
     ax.set_title("clean (dashed) and robust (solid) accuracy", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    # below the axes: inside, it covers the accuracy bands it explains
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
     axb.set_xlabel(r"CT $\beta$")
     axb.set_ylabel("examples (%)")
     axb.set_ylim(0, 102)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch
 
 from ctrobust.config import SweepConfig
 from ctrobust.errors import ConfigError
+from ctrobust.progress import reporting, row_budget
 from ctrobust.protocols import attack_space, check_model, get_protocol
 from ctrobust.store import PlanEntry, RunDir, load_sweep_config
 from ctrobust.threat import CORRUPTIONS
@@ -96,6 +98,10 @@ def resolve_device(spec: str) -> torch.device:
             raise ConfigError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                  and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {spec}: MPS (Apple GPU) is not available on this machine; "
+                          "use --device cpu or auto")
     return dev
 
 
@@ -275,11 +281,32 @@ def _per_beta_costs(out, n: int, n_betas: int, secs: float) -> list[dict]:
              "call_betas": n_betas} for f, b, s in zip(fwd, bwd, share)]
 
 
+@contextmanager
+def _credit(bar, planned: int):
+    """Hand the row-steps credited during an engine call to ``bar``, at most ``planned``, and exactly
+    ``planned`` once the call is over (an engine that reports nothing moves the bar at the end)."""
+    if bar is None:  # nobody watches: the driver skips its bookkeeping (no device sync for progress)
+        yield
+        return
+    got = [0]
+
+    def sink(n: int) -> None:
+        n = min(n, planned - got[0])
+        if n > 0:
+            got[0] += n
+            bar.update(n)
+
+    with reporting(sink):
+        yield
+    sink(planned - got[0])
+
+
 def run_units(prep: Prepared, units: list[Unit], *, on_done=None, bar=None) -> int:
     """Run the given units (skipping finished ones) and write each atomically. Returns units run.
 
     Callers that may run concurrently with other processes hold the work item's claim
-    (:func:`run_worker` does); ``bar`` is an optional shared progress bar.
+    (:func:`run_worker` does); ``bar`` is an optional shared progress bar counting row-steps
+    (:mod:`ctrobust.progress`).
     """
     from ctrobust import diagnostics
     from ctrobust.ct import set_beta
@@ -303,7 +330,9 @@ def run_units(prep: Prepared, units: list[Unit], *, on_done=None, bar=None) -> i
             betas = [1.0] + betas  # the transfer check needs the baseline's adversarial examples
         calls = [betas] if engine.batches_betas else [[b] for b in betas]
         for call_betas in calls:
-            out, x_adv_call, secs = _engine_call(engine, prep, pos, call_betas, seed)
+            planned = len(pos) * row_budget(cfg.suite) * sum(u.beta in call_betas for u in gunits)
+            with _credit(bar, planned):  # the bar counts row-steps (ctrobust.progress), not units
+                out, x_adv_call, secs = _engine_call(engine, prep, pos, call_betas, seed)
             n = len(pos)
             costs = _per_beta_costs(out, n, len(call_betas), secs)
             for j, beta in enumerate(call_betas):
@@ -357,8 +386,6 @@ def run_units(prep: Prepared, units: list[Unit], *, on_done=None, bar=None) -> i
                         run.write_adv(key, adv_arrays)
                     run.write_unit(key, arrays, meta)
                     n_run += 1
-                    if bar is not None:
-                        bar.update(1)
                     if on_done is not None:
                         on_done(beta, seed)
     return n_run

@@ -7,6 +7,7 @@ The store owns the whole layout of a run dir; no other module opens its files by
     units/<key>.npz          one finished work unit (beta, seed, example chunk): per-example arrays + meta
     units/<item>.lock        a work item's claim (exclusive ``flock``; released by the kernel on death)
     units/<item>.failed      a work item's failed attempts (:class:`Failure`)
+    units/damaged/           unit files found damaged (unreadable, a field missing), set aside by the next sweep
     units/<key>.adv.npz      a unit's minimum-norm points (``--save-adv``)
     outcomes.npz             all units merged: one row per (example, beta, seed)
     results.csv/.json        one row per (beta, seed) (rows built by :mod:`ctrobust.results`)
@@ -14,7 +15,8 @@ The store owns the whole layout of a run dir; no other module opens its files by
     corruptions.csv          a --threat corruptions run: accuracy per (beta, seed, corruption, severity)
     figures/                 plots regenerated from the stored results
 
-:func:`read_status` reads all of it into a typed :class:`RunStatus` (done / running / pending / failed).
+:func:`read_status` reads all of it into a typed :class:`RunStatus` (done / running / pending / failed /
+damaged).
 
 Every write goes to a temporary file in the same folder and is renamed into place (``os.replace``), so a
 killed process leaves either the previous file or the new one, never half of one. A unit's key hashes
@@ -50,7 +52,7 @@ from ctrobust.errors import ConfigError
 __all__ = ["RunMismatchError", "RunDir", "PlanEntry", "Failure", "RunStatus", "package_versions", "stable_hash",
            "atomic_write_bytes", "atomic_write_text", "load_outcomes", "load_results", "load_config",
            "merge_units", "read_plan", "read_status", "claim", "is_claimed", "OUTCOME_FIELDS", "UNIT_STATES",
-           "RunReader", "RunConfig", "load_sweep_config", "diff_settings"]
+           "RunReader", "RunConfig", "load_sweep_config", "diff_settings", "expand_run_dirs"]
 
 OUTCOME_FIELDS = ("id", "label", "beta", "seed", "clean_correct", "robust", "broken_by", "grad_zero",
                   "grad_nonfinite", "transfer_broken", "pixel_linf", "in_ball", "min_norm", "min_norm_by",
@@ -60,6 +62,37 @@ OUTCOME_FIELDS = ("id", "label", "beta", "seed", "clean_correct", "robust", "bro
 #: corruption run: no corruption, severity 0; pixel-space L2 perturbation not recorded (older units): NaN)
 _MISSING = {"min_norm": (np.float32, np.nan), "min_norm_by": ("<U1", ""), "corruption": ("<U1", ""),
             "severity": (np.int64, 0), "pixel_l2": (np.float32, np.nan)}
+
+#: the arrays without which a unit file means nothing (beta and seed are in its metadata)
+_UNIT_ARRAYS = ("id", "label", "clean_correct", "robust", "broken_by")
+
+
+def _arrays_problem(arrays: dict) -> str | None:
+    """Why a unit's arrays cannot be merged (a field missing, lengths that differ), or None."""
+    missing = [k for k in _UNIT_ARRAYS if k not in arrays]
+    if missing:
+        return "missing field " + ", ".join(repr(k) for k in missing)
+    lengths = {k: np.shape(arrays[k])[:1] for k in _UNIT_ARRAYS + tuple(k for k in _MISSING if k in arrays)}
+    if len(set(lengths.values())) > 1 or () in lengths.values():
+        return "fields of different lengths"
+    return None
+
+
+def _unit_problem(p: Path, key: str, experiment: str | None) -> str | None:
+    """Why the file ``p`` of unit ``key`` is damaged, or None if it is absent or a whole unit of ``key``
+    (of ``experiment`` when given)."""
+    if not p.exists():
+        return None
+    got = _read_npz(p)
+    if got is None:
+        return "not a readable unit file"
+    arrays, meta = got
+    if meta.get("key") != key:
+        return f"holds unit {meta.get('key')!r}, not {key!r}"
+    if experiment is not None and meta.get("experiment") != experiment:
+        return "holds another experiment's unit"
+    return _arrays_problem(arrays)
+
 
 class RunMismatchError(ConfigError):
     """The run dir was created with different settings (bad input: exit code 2, run dir untouched)."""
@@ -92,22 +125,68 @@ def stable_hash(obj, n: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:n]
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _read_umask() -> int:
+    """The process umask, read without changing it where the kernel tells it (``/proc/self/status``,
+    Linux >= 4.7); else set and restored once, here at import, before any thread of ours writes."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+#: the mode a plain ``open(path, "w")`` gives a new file: what every atomic write gives its file too
+#: (``mkstemp`` creates 0600, which would hide results from the group that shares a run dir)
+FILE_MODE = 0o666 & ~_read_umask()
+
+
+def _mkstemp_for(path: Path):
+    """A temp file beside ``path``, with the mode a plain write would give ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd, tmp
+
+
+def _named(exc: OSError, path: Path) -> OSError:
+    """The same error (same errno, so the same ``OSError`` subclass) naming the file the caller asked for,
+    not the temp file beside it: what the CLI shows the user."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, str(path))
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename), with the mode a
+    plain write would give it (``0o666 & ~umask``). An ``OSError`` names ``path``, never the temp file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _mkstemp_for(path)
+    except OSError as exc:
+        raise _named(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise _named(exc, path) from exc
         raise
 
 
@@ -120,8 +199,11 @@ def atomic_create_text(path, text: str) -> bool:
     hard-linked into place, which fails if ``path`` exists. Returns False (writing nothing) if it did,
     so two processes creating the same file never see it half-written and never overwrite each other."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _mkstemp_for(path)
+    except OSError as exc:
+        raise _named(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode())
@@ -132,6 +214,8 @@ def atomic_create_text(path, text: str) -> bool:
         except FileExistsError:
             return False
         return True
+    except OSError as exc:
+        raise _named(exc, path) from exc
     finally:
         try:
             os.unlink(tmp)
@@ -236,21 +320,39 @@ class RunReader:
         """Where the run stands: plan, state per unit, failures, unit seconds (reads only)."""
         max_retries = int(self.config().max_retries)
         plan = self.plan()
-        state, secs = {}, []
+        experiment = self.experiment_key()
+        state, secs, damaged = {}, [], {}
         for u in plan:
-            meta = _unit_meta(self.unit_path(u.key))
-            if meta is not None and meta.get("key") == u.key:
+            p = self.unit_path(u.key)
+            problem = _unit_problem(p, u.key, experiment)
+            meta = _unit_meta(p) if problem is None else None
+            if meta is not None:
                 state[u.key] = "done"
                 if isinstance(meta.get("seconds"), (int, float)):
                     secs.append(float(meta["seconds"]))
             elif is_claimed(self.lock_path(u.item)):
                 state[u.key] = "running"
+            elif problem is not None:
+                state[u.key] = "damaged"
+                damaged[u.key] = problem
             elif self.failure(u.item).attempts > max_retries:
                 state[u.key] = "failed"
             else:
                 state[u.key] = "pending"
         failures = {f.stem: _read_failure(f) for f in sorted(self.units_dir.glob("*.failed"))}
-        return RunStatus(self.path, plan, state, failures, secs)
+        return RunStatus(self.path, plan, state, failures, secs, damaged)
+
+    def damaged_units(self, experiment_key: str | None = None) -> dict:
+        """``{unit file: why}`` for every unit file that is not a whole unit: unreadable, a field missing, or
+        named for another unit (of ``experiment_key`` when given)."""
+        out = {}
+        for p in sorted(self.units_dir.glob("*.npz")):
+            if p.name.endswith(".adv.npz"):
+                continue
+            problem = _unit_problem(p, p.stem, experiment_key)
+            if problem is not None:
+                out[p] = problem
+        return out
 
     def read_units(self, experiment_key: str | None = None) -> list[tuple[dict, dict]]:
         """``(arrays, meta)`` of every finished unit of the experiment (``experiment_key``, default the one
@@ -261,8 +363,8 @@ class RunReader:
             if p.name.endswith(".adv.npz"):  # a unit's saved points, not a unit
                 continue
             got = _read_npz(p)
-            if got is None or (key is not None and got[1].get("experiment") != key):
-                continue
+            if got is None or (key is not None and got[1].get("experiment") != key) or _arrays_problem(got[0]):
+                continue  # damaged units are listed by status and set aside by the next sweep
             units.append(got)
         return units
 
@@ -401,7 +503,8 @@ class RunDir(RunReader):
         if self._whole.get(key) == stamp:
             return True
         got = _read_npz(p)
-        ok = got is not None and got[1].get("key") == key and got[1].get("experiment") == self.key
+        ok = (got is not None and got[1].get("key") == key and got[1].get("experiment") == self.key
+              and _arrays_problem(got[0]) is None)
         if ok:
             self._whole[key] = stamp
         return ok
@@ -425,9 +528,27 @@ class RunDir(RunReader):
         if got is None:
             return None
         arrays, meta = got
-        if meta.get("key") != key or meta.get("experiment") != self.key:
+        if meta.get("key") != key or meta.get("experiment") != self.key or _arrays_problem(arrays):
             return None
         return arrays, meta
+
+    def set_aside_damaged(self) -> dict:
+        """Move every damaged unit file (:meth:`damaged_units`) to ``units/damaged/`` (kept for a look, never
+        deleted), so its unit runs again; returns ``{moved-to path: why}``."""
+        moved = {}
+        for p, why in self.damaged_units().items():
+            dest_dir = self.units_dir / "damaged"
+            dest_dir.mkdir(exist_ok=True)
+            dest = dest_dir / p.name
+            n = 1
+            while dest.exists():
+                dest, n = dest_dir / f"{p.stem}.{n}.npz", n + 1
+            try:
+                os.replace(p, dest)
+            except FileNotFoundError:  # another sweep moved or rewrote it
+                continue
+            moved[dest] = why
+        return moved
 
     # -- plan, claims, failures ------------------------------------------------------------------
     def write_plan(self, entries: "list[PlanEntry]") -> None:
@@ -606,8 +727,8 @@ def read_plan(run_dir) -> list[PlanEntry]:
     return RunReader(run_dir).plan()
 
 
-#: the states of a planned unit, in display order.
-UNIT_STATES = ("done", "running", "pending", "failed")
+#: the states of a planned unit, in display order (damaged: a unit file that is not a whole unit).
+UNIT_STATES = ("done", "running", "pending", "failed", "damaged")
 
 
 @dataclass
@@ -620,6 +741,7 @@ class RunStatus:
         state: unit key -> one of :data:`UNIT_STATES`.
         failures: work item -> its :class:`Failure` (items with at least one failed attempt).
         unit_seconds: seconds of each finished unit (for an ETA).
+        damaged: unit key -> why its file is damaged (the next sweep sets it aside and recomputes it).
     """
 
     run_dir: Path
@@ -627,6 +749,7 @@ class RunStatus:
     state: dict
     failures: dict = field(default_factory=dict)
     unit_seconds: list = field(default_factory=list)
+    damaged: dict = field(default_factory=dict)
 
     def count(self, state: str) -> int:
         return sum(1 for v in self.state.values() if v == state)
@@ -701,3 +824,34 @@ def merge_units(units) -> tuple[dict, list[dict]]:
     out["corruption"] = out["corruption"].astype(str)
     order = np.lexsort((out["id"], -out["beta"], out["seed"]))
     return {k: v[order] for k, v in out.items()}, [m for _, m in units]
+
+
+def expand_run_dirs(paths, cell: str | None = None) -> list[Path]:
+    """Run dirs named by ``paths``: a run dir is itself; a study dir (``study.yaml`` + ``runs/<cell>/``, see
+    :mod:`ctrobust.study`) is each of its cells' run dirs, or only the cell ``cell`` (its full name,
+    ``cifar10-valid``, or the part after the dataset, ``valid``: that cell of every dataset).
+
+    Raises:
+        ConfigError: ``cell`` names no cell of a study dir (with the cells it has).
+    """
+    from ctrobust._registry import did_you_mean
+
+    out = []
+    for p in map(Path, paths):
+        if not ((p / "study.yaml").is_file() and (p / "runs").is_dir()):
+            if cell is not None:
+                raise ConfigError(f"--cell {cell}: {str(p)!r} is not a study dir (no study.yaml); drop --cell")
+            out.append(p)
+            continue
+        cells = sorted(q for q in (p / "runs").iterdir() if (q / "config.yaml").is_file())
+        if not cells:
+            raise ConfigError(f"study dir {str(p)!r} has no cell run yet: run `ctrobust reproduce` first")
+        if cell is not None:
+            names = [q.name for q in cells]
+            chosen = [q for q in cells if cell in (q.name, q.name.split("-", 1)[-1])]
+            if not chosen:
+                short = sorted({n.split("-", 1)[-1] for n in names})
+                raise did_you_mean("cell", cell, names + short, hint=f"the cells of study dir {str(p)!r}")
+            cells = chosen
+        out += cells
+    return out

@@ -243,51 +243,9 @@ def plan_study(spec: StudySpec) -> list[StudyCell]:
 
 def preflight(cells: list[StudyCell]) -> list[str]:
     """Every missing weight file or dataset of the study, one line each (empty: all there). Reads only."""
-    from ctrobust.data import DataUnavailableError, load_eval_set
-    from ctrobust.models import ModelLoadError, ModelUnavailableError, load_model
+    from ctrobust.inputs import preflight as missing_inputs
 
-    problems, seen = [], set()
-    for c in cells:
-        cfg = c.cfg
-        mkey = (cfg.model, cfg.dataset, cfg.model_dir, getattr(cfg, "checkpoint", None))
-        if mkey not in seen:
-            seen.add(mkey)
-            try:
-                # the paper's models do not depend on the threat (RobustBench's leaderboard names would)
-                threat = cfg.threat if cfg.threat in ADVERSARIAL else "Linf"
-                load_model(cfg.model, dataset=cfg.dataset, threat=threat, model_dir=cfg.model_dir,
-                           device="cpu", **({"checkpoint": cfg.checkpoint} if getattr(cfg, "checkpoint", None) else {}))
-            except (ModelUnavailableError, ModelLoadError, ConfigError) as exc:
-                problems.append(f"{c.dataset}: model {cfg.model}: {str(exc).splitlines()[0]}")
-        if c.threat == "corruptions":
-            problems += _missing_corruption_data(c, seen)
-            continue
-        dkey = (cfg.dataset, cfg.data, cfg.data_dir, cfg.n_examples, cfg.subset)
-        if dkey not in seen:
-            seen.add(dkey)
-            try:
-                load_eval_set(cfg.dataset, cfg.n_examples, subset=cfg.subset, data=cfg.data, data_dir=cfg.data_dir)
-            except (DataUnavailableError, ConfigError, ValueError) as exc:
-                problems.append(f"{c.dataset}: data: {str(exc).splitlines()[0]}")
-    return problems
-
-
-def _missing_corruption_data(c: StudyCell, seen: set) -> list[str]:
-    """One line per missing CIFAR-C file / ImageNet-C folder of a corruptions cell, with its source."""
-    from ctrobust.corruptions import missing_corruption_files
-
-    cfg = c.cfg
-    corruptions, severities = getattr(cfg, "corruptions", "all"), getattr(cfg, "severities", "all")
-    key = ("corruptions", cfg.dataset, cfg.data_dir, str(corruptions), str(severities), cfg.n_examples)
-    if key in seen:
-        return []
-    seen.add(key)
-    try:
-        missing = missing_corruption_files(cfg.dataset, corruptions, severities, cfg.data_dir,
-                                           n_examples=cfg.n_examples)
-    except (ConfigError, ValueError) as exc:
-        return [f"{c.dataset}: corruptions data: {str(exc).splitlines()[0]}"]
-    return [f"{c.dataset}: corruptions data: {m.path}  <- {m.source}" for m in missing]
+    return missing_inputs(cells)
 
 
 @dataclass

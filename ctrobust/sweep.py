@@ -73,10 +73,22 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepResult:
         ConfigError: bad input found while preparing (nothing is written then).
         RuntimeError: a work item failed more than ``max_retries + 1`` times.
     """
+    from ctrobust.data import DataUnavailableError, SubsetError
+    from ctrobust.inputs import check_inputs
+    from ctrobust.models import ModelLoadError, ModelUnavailableError
+
     execute, in_process = get_executor(cfg.executor)
-    # workers elsewhere load their own model on their device: here it is only validated and planned
-    prep = prepare(cfg, None if in_process else torch.device("cpu"))
+    check_inputs(cfg, in_process=in_process)  # cheap unless something is already missing
+    try:
+        # workers elsewhere load their own model on their device: here it is only validated and planned
+        prep = prepare(cfg, None if in_process else torch.device("cpu"))
+    except (ModelUnavailableError, ModelLoadError, DataUnavailableError, SubsetError):
+        check_inputs(cfg, in_process=in_process, load=True)  # every missing input at once, not the first
+        raise
     run = prep.run
+    for dest, why in run.set_aside_damaged().items():
+        print(f"ctrobust: warning: damaged unit file ({why}) moved to {dest}; its unit runs again",
+              file=sys.stderr)
     units = plan_units(cfg, run, prep.evalset.ids.numpy())
     n_done_before = sum(run.has_unit(u.key) for u in units)
     log(cfg, f"ctrobust: {cfg.model} on {len(prep.evalset.ids)} {cfg.dataset} examples, {cfg.threat} "
@@ -91,8 +103,12 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepResult:
     bar = None
     if in_process and progress and not cfg.quiet:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(units) - n_done_before, desc="units", unit="unit", file=sys.stderr,
-                   dynamic_ncols=True)
+
+        from ctrobust.progress import row_budget
+        # rows of work (clean passes and attack steps, ctrobust.progress): a work item's engine call carries
+        # every beta, so counting units would sit at 0 % until the whole item is done
+        work = sum(len(u.pos) for u in units if not run.has_unit(u.key)) * row_budget(cfg.suite)
+        bar = tqdm(total=work, desc="row-steps", unit="", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
     try:
         n_run = execute(prep, units, run_worker=run_worker, worker_main=worker_main, bar=bar,
                         on_done=_progress_reporter(prep, units))

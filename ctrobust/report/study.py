@@ -440,6 +440,16 @@ def _perturbation(c: CellResult) -> str:
     return f"{_f(c.pixel_linf_max, 4)} ({_f(c.pixel_linf_max * 255, 1)}/255)"
 
 
+def _held_out_cell(ho: "HeldOut | None") -> str:
+    """CT's held-out accuracy (%), then the interval of its gain over the base, labelled as such (pts)."""
+    if ho is None:
+        return "-"
+    if ho.abs_gain_ci_pts is None:
+        return _msf(ho.robust_pct)
+    lo, hi = ho.abs_gain_ci_pts
+    return f"{_msf(ho.robust_pct)} (Δ vs base: 95 % CI [{_f(lo, 1)}, {_f(hi, 1)}] pts)"
+
+
 def render_study_markdown(rep: StudyReport) -> str:
     """The study report as Markdown (formatting only: every number comes from ``rep``)."""
     threats = rep.threats or (rep.threat,)
@@ -464,7 +474,7 @@ def render_study_markdown(rep: StudyReport) -> str:
             f"| {_msf(c.oracle_pct)} [{_f(c.oracle_ci_pct[0], 1)}, {_f(c.oracle_ci_pct[1], 1)}] "
             f"| {_msf(c.oracle_beta)} | {_msf(c.oracle_clean_pct)} "
             f"| {_msf(ho.beta) if ho else '-'} "
-            f"| {(_msf(ho.robust_pct) + (f' [{_f(ho.abs_gain_ci_pts[0], 1)}, {_f(ho.abs_gain_ci_pts[1], 1)}] pts' if ho.abs_gain_ci_pts else '')) if ho else '-'} "
+            f"| {_held_out_cell(ho)} "
             f"| {_msf(ho.base_pct) if ho else '-'} "
             f"| {_perturbation(c)} "
             f"| {_f(None if c.in_ball_frac is None else 100 * c.in_ball_frac, 1, ' %')} |")

@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from ctrobust import progress
 from ctrobust.engines.fast._context import AttackContext
 
 __all__ = ["RowState", "Attack", "AttackResult", "run_attack"]
@@ -142,6 +143,10 @@ def run_attack(attack: Attack, ctx: AttackContext, rows: torch.Tensor, batch_siz
     if seg_of is not None:  # per-segment work of a chain (tensors: no host sync per step)
         seg_steps = torch.zeros(n_seg, dtype=torch.int64, device=dev)
         seg_rows = torch.zeros(n_seg, dtype=torch.int64, device=dev)
+    budget = progress.attack_budget(attack) if progress.active() else 0
+    if budget:  # row-steps per row (progress.py): one per step, the rest of its budget once settled
+        used = torch.zeros(r, dtype=torch.int64, device=dev)
+        credited, due = 0, progress.Throttle()
     while True:
         free = batch_size - len(st)
         if free > 0 and nxt < r:
@@ -183,6 +188,18 @@ def run_attack(attack: Attack, ctx: AttackContext, rows: torch.Tensor, batch_siz
             restart = attack.start(ctx, rows[pf], next_phase[pf].clone())
             next_phase[pf] += 1
         st = st.keep(~leave).cat(restart)
+        if budget:
+            used.index_add_(0, p_all, torch.ones_like(p_all))
+            if due():
+                inflight = torch.zeros(r, dtype=torch.bool, device=dev)
+                inflight[pos[st["rows"]]] = True
+                started = torch.arange(r, device=dev) < nxt
+                settled = (best < n_ph) | (started & (next_phase >= n_ph) & ~inflight)
+                now = int(torch.where(settled, budget, used.clamp(max=budget)).sum())
+                progress.advance(now - credited)
+                credited = max(credited, now)
+    if budget:
+        progress.advance(r * budget - credited)
     res = AttackResult(rows, best < n_ph, x_adv, steps, phase=best)
     if seg_of is not None:
         res.segment_steps, res.segment_rows = seg_steps.tolist(), seg_rows.tolist()

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ctrobust import progress
 from ctrobust.attacks import AttackSuite, get_attack, parse_suite
 from ctrobust.engines.base import (AttackOutcome, PeakMemory, is_oom, largest_fitting_batch,
                                    restoring_model_state)
@@ -351,6 +352,7 @@ class FastEngine:
         logits = torch.cat([ctx.forward(ctx.x[i:i + block], torch.arange(i, min(n, i + block), device=dev))
                             for i in range(0, n, block)], 0)
         ctx.clean_logits = logits
+        progress.advance(n)
         k = logits.shape[1]
         cc = (logits.argmax(1) == ctx.y).cpu().numpy()
         out.clean_correct[:] = cc
@@ -367,6 +369,7 @@ class FastEngine:
             idx = np.flatnonzero(robust)
             if idx.size == 0:
                 break
+            progress.advance((n - idx.size) * sum(progress.attack_budget(a) for a in group))  # settled before
             if len(group) == 1:
                 self._run_one(group[0], ctx, idx, bs, out)
             else:
