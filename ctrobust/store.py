@@ -165,10 +165,9 @@ def _named(exc: OSError, path: Path) -> OSError:
     return OSError(exc.errno, exc.strerror, str(path))
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename), with the mode a
-    plain write would give it (``0o666 & ~umask``). An ``OSError`` names ``path``, never the temp file."""
-    path = Path(path)
+def _written_temp(path: Path, data: bytes) -> str:
+    """``data`` written whole and synced to a temp file beside ``path`` (the mode a plain write would give);
+    returns its name. An ``OSError`` names ``path``; a failed write leaves no temp file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _mkstemp_for(path)
@@ -179,12 +178,30 @@ def atomic_write_bytes(path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException as exc:
+        _unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _named(exc, path) from exc
+        raise
+    return tmp
+
+
+def _unlink(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename), with the mode a
+    plain write would give it (``0o666 & ~umask``). An ``OSError`` names ``path``, never the temp file."""
+    path = Path(path)
+    tmp = _written_temp(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink(tmp)
         if isinstance(exc, OSError):
             raise _named(exc, path) from exc
         raise
@@ -199,28 +216,16 @@ def atomic_create_text(path, text: str) -> bool:
     hard-linked into place, which fails if ``path`` exists. Returns False (writing nothing) if it did,
     so two processes creating the same file never see it half-written and never overwrite each other."""
     path = Path(path)
+    tmp = _written_temp(path, text.encode())
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _mkstemp_for(path)
-    except OSError as exc:
-        raise _named(exc, path) from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode())
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
+        os.link(tmp, path)
         return True
+    except FileExistsError:
+        return False
     except OSError as exc:
         raise _named(exc, path) from exc
     finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink(tmp)
 
 
 def _npz_bytes(arrays: dict) -> bytes:
