@@ -286,19 +286,20 @@ def test_corruption_heldout_keeps_every_pair_of_an_image_on_one_side():
 def test_missing_corruption_files_are_listed_one_per_line_with_their_source(tmp_path):
     from types import SimpleNamespace
 
-    from ctrobust.study import StudyCell, _missing_corruption_data
     from corruption_files import write_cifar_c
+
+    from ctrobust.inputs import _missing_corruption_data
 
     write_cifar_c(tmp_path, "cifar10", corruptions=("fog", "snow"))
     cfg = SimpleNamespace(dataset="cifar10", data_dir=str(tmp_path), corruptions="all", severities="all",
                           n_examples=1000)
     seen = set()
-    lines = _missing_corruption_data(StudyCell("cifar10", "reference", cfg, "corruptions"), seen)
+    lines = _missing_corruption_data("cifar10", cfg, seen)  # the reference cell
     assert len(lines) == 13  # 15 corruptions, two written; labels.npy is there
     assert all(ln.startswith("cifar10: corruptions data: ") and "zenodo.org/records/2535967" in ln for ln in lines)
     assert not any("fog.npy" in ln or "snow.npy" in ln for ln in lines)
     # the valid cell reads the same files: not listed twice
-    assert _missing_corruption_data(StudyCell("cifar10", "valid", cfg, "corruptions"), seen) == []
+    assert _missing_corruption_data("cifar10", cfg, seen) == []
 
 
 def test_outcomes_of_an_attacked_run_with_an_empty_corruption_column_are_not_read_as_pairs():
